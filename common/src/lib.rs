@@ -1,0 +1,24 @@
+//! Shared library of mcp: generated protos, the service-definition model and
+//! its validation, configuration loading, identities, TLS and the certificate
+//! authority, SQLite helpers.
+
+pub mod proto {
+    //! Generated gRPC types; only this module and `convert` know prost types.
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("mcp.v1");
+}
+
+pub mod service;
+pub mod config;
+pub mod convert;
+pub mod db;
+pub mod fsutil;
+pub mod identity;
+pub mod pki;
+pub mod tls;
+
+/// Version of this build, shown by every binary.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Git commit of this build (set by the build script), or "unknown".
+pub const GIT_COMMIT: &str = env!("MCP_GIT_COMMIT");

@@ -1,0 +1,196 @@
+//! The built-in certificate authority (rcgen): a self-signed ECDSA P-256 CA
+//! that issues leaf certificates carrying an mcp identity.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+
+use crate::fsutil::{self, FileError};
+use crate::identity::Identity;
+
+/// Why a CA operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("{path}: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("no CA in {0}: create one first (mcp-agent init)")]
+    Missing(String),
+}
+
+/// A certificate authority loaded from `<dir>/ca.pem` and `<dir>/ca.key`.
+pub struct Ca {
+    cert_pem: String,
+    key: KeyPair,
+}
+
+/// What a leaf certificate should say.
+#[derive(Debug, Clone, Default)]
+pub struct LeafRequest {
+    pub identity: Option<Identity>,
+    pub dns_names: Vec<String>,
+    pub ips: Vec<IpAddr>,
+    pub days: i64,
+}
+
+/// A freshly issued certificate: chain (leaf then CA) and private key, PEM.
+pub struct Issued {
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+impl Ca {
+    /// Path of the CA certificate in `dir`.
+    pub fn cert_path(dir: &Path) -> PathBuf {
+        dir.join("ca.pem")
+    }
+
+    /// Path of the CA key in `dir`.
+    pub fn key_path(dir: &Path) -> PathBuf {
+        dir.join("ca.key")
+    }
+
+    /// Creates a new CA in `dir` (ca.pem 0644, ca.key 0600), valid ten years.
+    pub fn create(dir: &Path, name: &str) -> Result<Ca, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("{name} CA"));
+        dn.push(DnType::OrganizationName, "mcp");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::hours(1);
+        params.not_after = now + Duration::days(3650);
+        let cert = params.self_signed(&key)?;
+        fsutil::write_private(&Ca::key_path(dir), key.serialize_pem().as_bytes())?;
+        fsutil::write_atomic(&Ca::cert_path(dir), cert.pem().as_bytes(), 0o644)?;
+        Ok(Ca { cert_pem: cert.pem(), key })
+    }
+
+    /// Loads the CA in `dir`; its key must be private (0600).
+    pub fn load(dir: &Path) -> Result<Ca, PkiError> {
+        let cert_path = Ca::cert_path(dir);
+        if !cert_path.exists() {
+            return Err(PkiError::Missing(dir.display().to_string()));
+        }
+        let key_path = Ca::key_path(dir);
+        let key_pem = String::from_utf8(fsutil::read_private(&key_path)?).map_err(|_| PkiError::Invalid {
+            path: key_path.display().to_string(),
+            reason: "not UTF-8 PEM".into(),
+        })?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| PkiError::Invalid {
+            path: key_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let cert_pem = std::fs::read_to_string(&cert_path).map_err(|source| FileError::Io {
+            path: cert_path.display().to_string(),
+            source,
+        })?;
+        Ok(Ca { cert_pem, key })
+    }
+
+    /// Loads the CA in `dir`, creating it first if there is none.
+    pub fn load_or_create(dir: &Path, name: &str) -> Result<Ca, PkiError> {
+        if Ca::cert_path(dir).exists() {
+            Ca::load(dir)
+        } else {
+            Ca::create(dir, name)
+        }
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Issues a leaf certificate with a new key, usable for both server and
+    /// client authentication (agents are both).
+    pub fn issue(&self, req: &LeafRequest) -> Result<Issued, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        let cn = match &req.identity {
+            Some(id) => id.common_name(),
+            None => req.dns_names.first().cloned().unwrap_or_else(|| "mcp".into()),
+        };
+        dn.push(DnType::CommonName, cn);
+        dn.push(DnType::OrganizationName, "mcp");
+        params.distinguished_name = dn;
+        let mut sans = Vec::new();
+        if let Some(id) = &req.identity {
+            sans.push(SanType::URI(id.uri().try_into()?));
+        }
+        for d in &req.dns_names {
+            sans.push(SanType::DnsName(d.clone().try_into()?));
+        }
+        for ip in &req.ips {
+            sans.push(SanType::IpAddress(*ip));
+        }
+        params.subject_alt_names = sans;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::minutes(5);
+        params.not_after = now + Duration::days(req.days.max(1));
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)?;
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok(Issued {
+            chain_pem: format!("{}{}", cert.pem(), self.cert_pem),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+impl Issued {
+    /// Writes the chain (0644) and key (0600).
+    pub fn write(&self, cert: &Path, key: &Path) -> Result<(), FileError> {
+        fsutil::write_private(key, self.key_pem.as_bytes())?;
+        fsutil::write_atomic(cert, self.chain_pem.as_bytes(), 0o644)
+    }
+}
+
+/// Seconds until the first certificate in `pem` expires (negative if past).
+pub fn seconds_until_expiry(pem: &str) -> Option<i64> {
+    let der = crate::tls::parse_certs(pem.as_bytes()).ok()?.into_iter().next()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let not_after = cert.validity().not_after.timestamp();
+    Some(not_after - OffsetDateTime::now_utc().unix_timestamp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_cert_carries_identity_and_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::create(dir.path(), "test").unwrap();
+        let issued = ca
+            .issue(&LeafRequest {
+                identity: Some(Identity::Agent("rift".into())),
+                dns_names: vec!["rift".into()],
+                ips: vec!["127.0.0.1".parse().unwrap()],
+                days: 30,
+            })
+            .unwrap();
+        let certs = crate::tls::parse_certs(issued.chain_pem.as_bytes()).unwrap();
+        assert_eq!(certs.len(), 2);
+        assert_eq!(Identity::from_cert_der(&certs[0]), Some(Identity::Agent("rift".into())));
+        let left = seconds_until_expiry(&issued.chain_pem).unwrap();
+        assert!((29 * 86400..=30 * 86400).contains(&left), "{left}");
+        // Reloading keeps the same CA.
+        let again = Ca::load(dir.path()).unwrap();
+        assert_eq!(again.cert_pem(), ca.cert_pem());
+    }
+}
