@@ -13,7 +13,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into());
-    println!("cargo:rustc-env=MCP_GIT_COMMIT={}", std::env::var("MCP_GIT_COMMIT").unwrap_or(commit));
+    println!(
+        "cargo:rustc-env=MCP_GIT_COMMIT={}",
+        std::env::var("MCP_GIT_COMMIT").unwrap_or(commit)
+    );
     println!("cargo:rerun-if-env-changed=MCP_GIT_COMMIT");
     println!("cargo:rerun-if-changed=../.git/HEAD");
     let fds = protox::compile(&files, [&root])?;

@@ -1,1 +1,274 @@
-fn main() {}
+//! `mcp-agent`: the node agent daemon.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use mcp_agent::ops::Agent;
+use mcp_agent::podman::{self, Podman};
+use mcp_agent::registry::Registry;
+use mcp_agent::server::AgentService;
+use mcp_common::config::{AgentConfig, AgentSection, LogSection, PodmanSection, PortsSection};
+use mcp_common::identity::Identity;
+use mcp_common::pki::{Ca, LeafRequest};
+use mcp_common::tls::TlsFiles;
+
+const LONG_VERSION: &str = mcp_common::LONG_VERSION;
+
+#[derive(Parser)]
+#[command(name = "mcp-agent", version = LONG_VERSION, about = "mcp node agent: runs services as rootless podman containers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Agent configuration file.
+    #[arg(long, short, global = true, default_value = "/srv/mcp/mcp-agent.toml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve gRPC and manage containers (the default).
+    Run,
+    /// Write a configuration, create the local CA if missing and issue this
+    /// agent's certificate (and optionally an operator's).
+    Init(InitArgs),
+    /// Issue a client certificate from the local CA (e.g. for an operator).
+    IssueCert(IssueArgs),
+}
+
+#[derive(clap::Args)]
+struct InitArgs {
+    /// Node name (the agent's identity is agent-<name>).
+    #[arg(long)]
+    name: String,
+    /// gRPC listen address.
+    #[arg(long, default_value = "0.0.0.0:9444")]
+    listen: String,
+    /// Address others use to reach this node.
+    #[arg(long, default_value = "127.0.0.1")]
+    address: String,
+    /// State directory (registry, certificates).
+    #[arg(long, default_value = "/srv/mcp")]
+    data_dir: PathBuf,
+    /// Directory of the CA (created if missing); default <data-dir>/ca.
+    #[arg(long)]
+    ca_dir: Option<PathBuf>,
+    /// podman API socket; default $XDG_RUNTIME_DIR/podman/podman.sock.
+    #[arg(long)]
+    podman_socket: Option<PathBuf>,
+    /// Lowest host port handed to routes.
+    #[arg(long, default_value_t = 10000)]
+    port_min: u16,
+    /// Highest host port handed to routes.
+    #[arg(long, default_value_t = 60000)]
+    port_max: u16,
+    /// Also issue a client certificate for this operator (human/<name>).
+    #[arg(long)]
+    operator: Option<String>,
+    /// Where to write the operator's certificate, key and CA.
+    #[arg(long)]
+    operator_dir: Option<PathBuf>,
+    /// Overwrite an existing configuration file.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(clap::Args)]
+struct IssueArgs {
+    /// Directory of the CA.
+    #[arg(long)]
+    ca_dir: PathBuf,
+    /// Identity: human/<name>, master or agent/<name>.
+    #[arg(long)]
+    identity: String,
+    /// Output directory: cert.pem, key.pem, ca.pem.
+    #[arg(long)]
+    out: PathBuf,
+    /// Validity in days.
+    #[arg(long, default_value_t = 365)]
+    days: i64,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(&cli.config),
+        Command::Init(a) => init(&cli.config, a),
+        Command::IssueCert(a) => issue(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mcp-agent: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn write_client(ca: &Ca, identity: Identity, out: &Path, days: i64) -> Result<()> {
+    let issued = ca.issue(&LeafRequest {
+        identity: Some(identity.clone()),
+        days,
+        ..Default::default()
+    })?;
+    issued.write(&out.join("cert.pem"), &out.join("key.pem"))?;
+    mcp_common::fsutil::write_atomic(&out.join("ca.pem"), ca.cert_pem().as_bytes(), 0o644)?;
+    println!("issued {identity} certificate in {}", out.display());
+    Ok(())
+}
+
+fn issue(a: IssueArgs) -> Result<()> {
+    let identity = Identity::from_spec(&a.identity).with_context(|| {
+        format!(
+            "--identity {:?}: expected human/<name>, master or agent/<name>",
+            a.identity
+        )
+    })?;
+    let ca = Ca::load(&a.ca_dir)?;
+    write_client(&ca, identity, &a.out, a.days)
+}
+
+fn init(config: &Path, a: InitArgs) -> Result<()> {
+    mcp_common::service::check_name(&a.name).map_err(|r| anyhow::anyhow!("--name: {r}"))?;
+    let listen = a
+        .listen
+        .parse()
+        .with_context(|| format!("--listen {:?}", a.listen))?;
+    let ca_dir = a.ca_dir.clone().unwrap_or_else(|| a.data_dir.join("ca"));
+    let tls_dir = a.data_dir.join("tls");
+    let ca = Ca::load_or_create(&ca_dir, "mcp")?;
+    let cert = tls_dir.join("agent.pem");
+    let key = tls_dir.join("agent.key");
+    let mut ips: Vec<IpAddr> = vec!["127.0.0.1".parse()?, "::1".parse()?];
+    let mut dns = vec![a.name.clone(), "localhost".to_string()];
+    match a.address.parse::<IpAddr>() {
+        Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+        Ok(_) => {}
+        Err(_) => dns.push(a.address.clone()),
+    }
+    ca.issue(&LeafRequest {
+        identity: Some(Identity::Agent(a.name.clone())),
+        dns_names: dns,
+        ips,
+        days: 365,
+    })?
+    .write(&cert, &key)?;
+    println!("issued agent-{} certificate: {}", a.name, cert.display());
+    if config.exists() && !a.force {
+        println!(
+            "kept existing configuration {} (use --force to rewrite)",
+            config.display()
+        );
+    } else {
+        let cfg = AgentConfig {
+            agent: AgentSection {
+                name: a.name.clone(),
+                listen,
+                address: a.address.clone(),
+                data_dir: a.data_dir.clone(),
+            },
+            tls: TlsFiles {
+                cert,
+                key,
+                ca: Ca::cert_path(&ca_dir),
+            },
+            podman: PodmanSection {
+                socket: a.podman_socket.clone(),
+                ..Default::default()
+            },
+            ports: PortsSection {
+                min: a.port_min,
+                max: a.port_max,
+            },
+            log: LogSection::default(),
+        };
+        let text = toml::to_string_pretty(&cfg)?;
+        mcp_common::fsutil::write_atomic(config, text.as_bytes(), 0o600)?;
+        println!("wrote {}", config.display());
+    }
+    match (a.operator, a.operator_dir) {
+        (Some(op), Some(dir)) => write_client(&ca, Identity::Human(op), &dir, 365)?,
+        (None, None) => {}
+        _ => bail!("--operator and --operator-dir go together"),
+    }
+    Ok(())
+}
+
+fn init_logging(log: &LogSection) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MCP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run(config: &Path) -> Result<()> {
+    let cfg = AgentConfig::load(config)?;
+    init_logging(&cfg.log);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(cfg))
+}
+
+async fn serve(cfg: AgentConfig) -> Result<()> {
+    let tls = mcp_common::tls::server_config(&cfg.tls)?;
+    let registry = Registry::open(&cfg.registry_path())?;
+    let socket = cfg
+        .podman
+        .socket
+        .clone()
+        .unwrap_or_else(podman::default_socket);
+    let podman = Podman::connect(
+        &socket,
+        cfg.podman.start_service,
+        &cfg.podman.binary,
+        cfg.podman.stop_timeout,
+    )
+    .await?;
+    let version = podman.version().await.unwrap_or_default();
+    tracing::info!(socket = %socket.display(), podman = %version, "podman API ready");
+    let listener = tokio::net::TcpListener::bind(cfg.agent.listen)
+        .await
+        .with_context(|| format!("listen on {}", cfg.agent.listen))?;
+    let agent = Arc::new(Agent::new(cfg.clone(), registry, podman));
+    if let Err(e) = agent.repair_interrupted().await {
+        tracing::warn!(error = %e, "could not check for interrupted deploys");
+    }
+    tracing::info!(
+        node = %cfg.agent.name,
+        listen = %cfg.agent.listen,
+        version = mcp_common::VERSION,
+        commit = mcp_common::GIT_COMMIT,
+        "mcp-agent serving"
+    );
+    let svc = mcp_common::proto::mcp_agent_service_server::McpAgentServiceServer::new(
+        AgentService::new(agent),
+    );
+    tonic::transport::Server::builder()
+        .layer(mcp_common::tls::AuthzLayer)
+        .add_service(svc)
+        .serve_with_incoming_shutdown(mcp_common::tls::incoming(listener, tls), shutdown())
+        .await?;
+    tracing::info!("mcp-agent stopped; containers keep running");
+    Ok(())
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    tracing::info!("shutting down");
+}

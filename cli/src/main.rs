@@ -1,1 +1,161 @@
-fn main() {}
+//! `mcp`: the operator's command-line interface.
+
+mod direct;
+mod output;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// A usage or validation error: exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Returns a usage error (exit 2).
+#[macro_export]
+macro_rules! usage {
+    ($($t:tt)*) => { return Err(anyhow::Error::new($crate::UsageError(format!($($t)*)))) };
+}
+
+#[derive(Parser)]
+#[command(
+    name = "mcp",
+    version = mcp_common::LONG_VERSION,
+    about = "mcp: run services as rootless podman containers across a fleet",
+    after_help = "Examples:\n  mcp --direct deploy web\n  mcp --direct ps\n  mcp --direct logs web -f\n  mcp validate ~/.config/mcp/services"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Talk to the agents of the [[nodes]] list directly, without a master.
+    #[arg(long, global = true)]
+    pub direct: bool,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// CLI configuration file [default: $MCP_CONFIG or ~/.config/mcp/mcp.toml].
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Check service definitions offline; reports every problem (exit 2 if any).
+    #[command(
+        after_help = "Examples:\n  mcp validate web.toml\n  mcp validate ~/.config/mcp/services"
+    )]
+    Validate {
+        /// Files or directories of definitions.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Deploy a service (or one component) from its definition.
+    #[command(
+        after_help = "Examples:\n  mcp --direct deploy web\n  mcp --direct deploy web/api\n  mcp --direct deploy ./web.toml --node rift"
+    )]
+    Deploy {
+        /// <service>[/<component>] in the services dir, or a path to a .toml file.
+        target: String,
+        /// Node to deploy to when the definition has no `node` pin.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Remove a service: containers, routes, DNS, certificates, ports, records.
+    #[command(after_help = "Example:\n  mcp --direct undeploy web")]
+    Undeploy {
+        service: String,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Stop a service (or one component); its definition and ports are kept.
+    #[command(after_help = "Examples:\n  mcp --direct stop web\n  mcp --direct stop web/worker")]
+    Stop {
+        /// <service>[/<component>]
+        target: String,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Start a stopped service (or one component) from the node's registry.
+    #[command(after_help = "Example:\n  mcp --direct start web")]
+    Start {
+        /// <service>[/<component>]
+        target: String,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Stop then start a service (or one component).
+    #[command(after_help = "Example:\n  mcp --direct restart web/api")]
+    Restart {
+        /// <service>[/<component>]
+        target: String,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// List containers of every service on every node.
+    #[command(after_help = "Example:\n  mcp --direct ps --json")]
+    Ps,
+    /// Show a service in detail (components, routes, events), or all.
+    #[command(after_help = "Examples:\n  mcp --direct status\n  mcp --direct status web")]
+    Status {
+        service: Option<String>,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Show container output of a service.
+    #[command(
+        after_help = "Examples:\n  mcp --direct logs web\n  mcp --direct logs web/api -f --tail 100"
+    )]
+    Logs {
+        /// <service>[/<component>]
+        target: String,
+        /// Keep streaming new output.
+        #[arg(short, long)]
+        follow: bool,
+        /// Lines from the end (0 = all).
+        #[arg(long, default_value_t = 0)]
+        tail: u32,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Nodes of the fleet.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// List nodes with version, architecture and reachability.
+    #[command(after_help = "Example:\n  mcp --direct node list")]
+    List,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match rt.block_on(direct::run(cli)) {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            let usage = e.downcast_ref::<UsageError>().is_some();
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}

@@ -31,7 +31,9 @@ impl ConfigError {
 /// Parses TOML into `T`, reporting the dotted path and line of a bad field.
 pub fn parse_toml<T: DeserializeOwned>(text: &str) -> Result<T, (String, String)> {
     let located = |field: &str, e: &toml::de::Error| {
-        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
         let field = match (field, line) {
             ("" | ".", Some(l)) => format!("line {l}"),
             ("" | ".", None) => "(document)".to_string(),
@@ -46,7 +48,8 @@ pub fn parse_toml<T: DeserializeOwned>(text: &str) -> Result<T, (String, String)
 
 /// Reads and parses a TOML configuration file.
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(path, "(file)", e.to_string()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(path, "(file)", e.to_string()))?;
     parse_toml(&text).map_err(|(field, reason)| ConfigError {
         path: path.display().to_string(),
         field,
@@ -194,19 +197,31 @@ impl AgentConfig {
     }
 
     fn check(&self, path: &Path) -> Result<(), ConfigError> {
-        crate::service::check_name(&self.agent.name).map_err(|r| ConfigError::new(path, "agent.name", r))?;
+        crate::service::check_name(&self.agent.name)
+            .map_err(|r| ConfigError::new(path, "agent.name", r))?;
         if !self.agent.data_dir.is_absolute() {
-            return Err(ConfigError::new(path, "agent.data_dir", "must be an absolute path"));
+            return Err(ConfigError::new(
+                path,
+                "agent.data_dir",
+                "must be an absolute path",
+            ));
         }
         if self.ports.min == 0 || self.ports.min > self.ports.max {
             return Err(ConfigError::new(
                 path,
                 "ports",
-                format!("min {} and max {} do not form a port range", self.ports.min, self.ports.max),
+                format!(
+                    "min {} and max {} do not form a port range",
+                    self.ports.min, self.ports.max
+                ),
             ));
         }
         if self.log.format != "text" && self.log.format != "json" {
-            return Err(ConfigError::new(path, "log.format", "expected \"text\" or \"json\""));
+            return Err(ConfigError::new(
+                path,
+                "log.format",
+                "expected \"text\" or \"json\"",
+            ));
         }
         Ok(())
     }
@@ -320,16 +335,28 @@ impl CliConfig {
             crate::service::check_name(&n.name)
                 .map_err(|r| ConfigError::new(path, &format!("nodes[{i}].name"), r))?;
             if !names.insert(n.name.clone()) {
-                return Err(ConfigError::new(path, &format!("nodes[{i}].name"), format!("duplicate node {:?}", n.name)));
+                return Err(ConfigError::new(
+                    path,
+                    &format!("nodes[{i}].name"),
+                    format!("duplicate node {:?}", n.name),
+                ));
             }
             if n.address.list().is_empty() {
-                return Err(ConfigError::new(path, &format!("nodes[{i}].address"), "no address"));
+                return Err(ConfigError::new(
+                    path,
+                    &format!("nodes[{i}].address"),
+                    "no address",
+                ));
             }
             if let Some(arch) = &n.arch
                 && arch != "amd64"
                 && arch != "arm64"
             {
-                return Err(ConfigError::new(path, &format!("nodes[{i}].arch"), "expected \"amd64\" or \"arm64\""));
+                return Err(ConfigError::new(
+                    path,
+                    &format!("nodes[{i}].arch"),
+                    "expected \"amd64\" or \"arm64\"",
+                ));
             }
         }
         Ok(cfg.expanded())
@@ -337,9 +364,14 @@ impl CliConfig {
 
     fn expanded(mut self) -> CliConfig {
         self.services.dir = expand_home(&self.services.dir);
-        for p in [&mut self.auth.cert, &mut self.auth.key, &mut self.auth.ca, &mut self.auth.token_path]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut self.auth.cert,
+            &mut self.auth.key,
+            &mut self.auth.ca,
+            &mut self.auth.token_path,
+        ]
+        .into_iter()
+        .flatten()
         {
             *p = expand_home(p);
         }
@@ -380,7 +412,10 @@ mod tests {
         assert_eq!(cfg.registry_path(), PathBuf::from("/srv/mcp/mcp.db"));
         let cases = [
             (format!("{base}[ports]\nmin = 5\nmax = 4\n"), "ports"),
-            (format!("{base}[podman]\nsockit = \"/x\"\n"), "podman.sockit"),
+            (
+                format!("{base}[podman]\nsockit = \"/x\"\n"),
+                "podman.sockit",
+            ),
             (base.replace("rift", "Rift"), "agent.name"),
             (format!("{base}[log]\nformat = \"xml\"\n"), "log.format"),
         ];
@@ -399,6 +434,9 @@ mod tests {
         let cfg = CliConfig::load(&p, true).unwrap();
         assert_eq!(cfg.node("b").unwrap().address.list(), ["x:1", "y:2"]);
         let (_d, p) = write("[[nodes]]\nname = \"a\"\naddress = \"x:1\"\narch = \"sparc\"\n");
-        assert_eq!(CliConfig::load(&p, true).unwrap_err().field, "nodes[0].arch");
+        assert_eq!(
+            CliConfig::load(&p, true).unwrap_err().field,
+            "nodes[0].arch"
+        );
     }
 }

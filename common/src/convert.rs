@@ -4,7 +4,11 @@ use crate::proto;
 use crate::service::{ComponentDef, HealthDef, RouteDef, ServiceDef};
 
 fn opt(s: &str) -> Option<String> {
-    if s.is_empty() { None } else { Some(s.to_string()) }
+    if s.is_empty() {
+        None
+    } else {
+        Some(s.to_string())
+    }
 }
 
 impl From<&ServiceDef> for proto::ServiceSpec {
@@ -16,7 +20,11 @@ impl From<&ServiceDef> for proto::ServiceSpec {
             active: Some(d.active),
             path: d.path.clone().unwrap_or_default(),
             components: d.components.iter().map(Into::into).collect(),
-            build_images: d.build.as_ref().map(|b| b.images.clone().into_iter().collect()).unwrap_or_default(),
+            build_images: d
+                .build
+                .as_ref()
+                .map(|b| b.images.clone().into_iter().collect())
+                .unwrap_or_default(),
         }
     }
 }

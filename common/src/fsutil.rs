@@ -40,7 +40,8 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), FileError
         .open(&tmp)
         .map_err(io(&tmp))?;
     // The mode given to open() is masked by the umask; set it exactly.
-    f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io(&tmp))?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io(&tmp))?;
     f.write_all(data).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))
@@ -85,7 +86,8 @@ pub fn ensure_private_file(path: &Path) -> Result<(), FileError> {
         .mode(0o600)
         .open(path)
         .map_err(io(path))?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io(path))
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io(path))
 }
 
 #[cfg(test)]

@@ -119,13 +119,26 @@ mod tests {
 
     #[test]
     fn uris_round_trip() {
-        for id in [Identity::Human("kyle".into()), Identity::Master, Identity::Agent("rift".into())] {
+        for id in [
+            Identity::Human("kyle".into()),
+            Identity::Master,
+            Identity::Agent("rift".into()),
+        ] {
             assert_eq!(Identity::from_uri(&id.uri()), Some(id.clone()));
         }
-        for bad in ["mcp://agent/", "mcp://agent/Rift", "mcp://root/x", "https://master", "mcp://master/x"] {
+        for bad in [
+            "mcp://agent/",
+            "mcp://agent/Rift",
+            "mcp://root/x",
+            "https://master",
+            "mcp://master/x",
+        ] {
             assert_eq!(Identity::from_uri(bad), None, "{bad}");
         }
-        assert_eq!(Identity::from_spec("human/kyle"), Some(Identity::Human("kyle".into())));
+        assert_eq!(
+            Identity::from_spec("human/kyle"),
+            Some(Identity::Human("kyle".into()))
+        );
         assert_eq!(Identity::Agent("rift".into()).common_name(), "agent-rift");
     }
 
@@ -140,6 +153,9 @@ mod tests {
         for (who, allowed) in cases {
             assert_eq!(authorize(path, &who) == Decision::Allow, allowed, "{who}");
         }
-        assert!(matches!(authorize("/other.Service/X", &Identity::Master), Decision::Deny(_)));
+        assert!(matches!(
+            authorize("/other.Service/X", &Identity::Master),
+            Decision::Deny(_)
+        ));
     }
 }

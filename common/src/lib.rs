@@ -8,13 +8,13 @@ pub mod proto {
     tonic::include_proto!("mcp.v1");
 }
 
-pub mod service;
 pub mod config;
 pub mod convert;
 pub mod db;
 pub mod fsutil;
 pub mod identity;
 pub mod pki;
+pub mod service;
 pub mod tls;
 
 /// Version of this build, shown by every binary.
@@ -22,3 +22,11 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Git commit of this build (set by the build script), or "unknown".
 pub const GIT_COMMIT: &str = env!("MCP_GIT_COMMIT");
+
+/// `<version> (commit <hash>)`, for `--version`.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("MCP_GIT_COMMIT"),
+    ")"
+);

@@ -15,7 +15,10 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -112,10 +115,14 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
 /// server chains to the CA. With `expect`, the server must also carry that
 /// identity; it is then accepted even when the address dialled is not in
 /// its certificate (fallback addresses, NAT).
-pub fn client_config(files: &TlsFiles, expect: Option<Identity>) -> Result<Arc<ClientConfig>, TlsError> {
-    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots(&files.ca)?, provider())
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+pub fn client_config(
+    files: &TlsFiles,
+    expect: Option<Identity>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let inner =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots(&files.ca)?, provider())
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
     let verifier = Arc::new(IdentityVerifier { inner, expect });
     let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -143,8 +150,12 @@ impl ServerCertVerifier for IdentityVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let result = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
-        let Some(expect) = &self.expect else { return result };
+        let result =
+            self.inner
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
+        let Some(expect) = &self.expect else {
+            return result;
+        };
         let actual = Identity::from_cert_der(end_entity);
         let name_mismatch = matches!(
             result,
@@ -156,8 +167,12 @@ impl ServerCertVerifier for IdentityVerifier {
             return result;
         }
         if actual.as_ref() != Some(expect) {
-            let shown = actual.map(|a| a.to_string()).unwrap_or_else(|| "no mcp identity".into());
-            return Err(rustls::Error::General(format!("server presented {shown}, expected {expect}")));
+            let shown = actual
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "no mcp identity".into());
+            return Err(rustls::Error::General(format!(
+                "server presented {shown}, expected {expect}"
+            )));
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -191,7 +206,9 @@ impl ServerCertVerifier for IdentityVerifier {
 pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
-) -> tokio_stream::wrappers::ReceiverStream<Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>> {
+) -> tokio_stream::wrappers::ReceiverStream<
+    Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>,
+> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
     tokio::spawn(async move {
@@ -256,11 +273,19 @@ pub async fn connect(
     }
     Err(TlsError::Connect {
         target: addrs.join(", "),
-        reasons: if reasons.is_empty() { "no address configured".into() } else { reasons.join("; ") },
+        reasons: if reasons.is_empty() {
+            "no address configured".into()
+        } else {
+            reasons.join("; ")
+        },
     })
 }
 
-async fn connect_one(addr: &str, config: Arc<ClientConfig>, timeouts: Timeouts) -> Result<Channel, String> {
+async fn connect_one(
+    addr: &str,
+    config: Arc<ClientConfig>,
+    timeouts: Timeouts,
+) -> Result<Channel, String> {
     let host = host_of(addr).ok_or_else(|| format!("{addr:?} is not host:port"))?;
     let server_name = match host.parse::<IpAddr>() {
         Ok(ip) => ServerName::IpAddress(ip.into()),
@@ -300,7 +325,9 @@ fn host_of(addr: &str) -> Option<&str> {
     if let Some(rest) = addr.strip_prefix('[') {
         return rest.split_once(']').map(|(h, _)| h);
     }
-    addr.rsplit_once(':').map(|(h, _)| h).filter(|h| !h.is_empty())
+    addr.rsplit_once(':')
+        .map(|(h, _)| h)
+        .filter(|h| !h.is_empty())
 }
 
 /// An error and all its sources on one line.

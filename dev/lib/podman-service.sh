@@ -32,6 +32,10 @@ LOGFILE=$SOCK.log
 
 ping_ok() { [[ $(curl -s -m 2 --unix-socket "$SOCK" http://d/_ping 2>/dev/null) == OK ]]; }
 
+# alive: exists and is not a zombie (our daemons are reparented to PID 1,
+# which in some sandboxes reaps late)
+alive() { local st; st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) && [[ $st != Z ]]; }
+
 running_pid() {  # pid of the service we started for this socket
     local pid
     [[ -f $PIDFILE ]] || return 1
@@ -78,7 +82,7 @@ do_start() {
             log "ready: $SOCK (pid $pid)"
             return 0
         fi
-        if ! [[ -e /proc/$pid ]]; then
+        if ! alive "$pid"; then
             tail -n 20 "$LOGFILE" >&2 || true
             rm -f "$PIDFILE"
             die "podman system service exited during start-up (log above: $LOGFILE)"
@@ -99,10 +103,10 @@ do_stop() {
     log "stopping podman system service pid $pid ($SOCK)"
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 100; i++)); do
-        [[ -e /proc/$pid ]] || break
+        alive "$pid" || break
         sleep 0.1
     done
-    if [[ -e /proc/$pid ]]; then
+    if alive "$pid"; then
         log "still alive after 10 s, sending SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
     fi

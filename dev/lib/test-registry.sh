@@ -40,6 +40,10 @@ DROPIN=/etc/containers/registries.conf.d/50-mcp-test-registry.conf
 URL=http://127.0.0.1:$PORT/v2/
 
 # pid of our registry for this port, if it is running
+# alive: exists and is not a zombie (our daemons are reparented to PID 1,
+# which in some sandboxes reaps late)
+alive() { local st; st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) && [[ $st != Z ]]; }
+
 running_pid() {
     local pid
     [[ -f $PIDFILE ]] || return 1
@@ -143,10 +147,10 @@ do_stop() {
     log "stopping docker-registry pid $pid (port $PORT)"
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 100; i++)); do
-        [[ -e /proc/$pid ]] || break
+        alive "$pid" || break
         sleep 0.1
     done
-    if [[ -e /proc/$pid ]]; then
+    if alive "$pid"; then
         log "still alive after 10 s, sending SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
     fi

@@ -16,7 +16,10 @@ fn problems(doc: &str) -> Vec<(String, String)> {
     match parse("web.toml", doc) {
         Err(DefinitionError::Parse { field, reason, .. }) => vec![(field, reason)],
         Err(e) => panic!("unexpected error {e}"),
-        Ok(def) => validate(&def).into_iter().map(|e| (e.field, e.reason)).collect(),
+        Ok(def) => validate(&def)
+            .into_iter()
+            .map(|e| (e.field, e.reason))
+            .collect(),
     }
 }
 
@@ -30,7 +33,8 @@ fn check(doc: &str, expected: &[(&str, &str)]) {
     );
     for (field, fragment) in expected {
         assert!(
-            got.iter().any(|(f, r)| f.starts_with(field) && r.contains(fragment)),
+            got.iter()
+                .any(|(f, r)| f.starts_with(field) && r.contains(fragment)),
             "document:\n{doc}\nmissing ({field}, {fragment}) in {got:?}"
         );
     }
@@ -84,7 +88,10 @@ restart = "on-failure:3"
 
 #[test]
 fn parse_errors_name_the_field() {
-    check(&format!("colour = \"red\"\n{BASE}"), &[("colour", "unknown field")]);
+    check(
+        &format!("colour = \"red\"\n{BASE}"),
+        &[("colour", "unknown field")],
+    );
     check(
         &with("imagee = \"x\"\n"),
         &[("components[0].imagee", "unknown field")],
@@ -95,25 +102,58 @@ fn parse_errors_name_the_field() {
     );
     check("name = \n", &[("line 1", "")]);
     check(&with("cpus = \"two\"\n"), &[("components[0].cpus", "")]);
-    check("[[components]]\nname = \"a\"\nimage = \"x:1\"\n", &[("", "missing field `name`")]);
+    check(
+        "[[components]]\nname = \"a\"\nimage = \"x:1\"\n",
+        &[("", "missing field `name`")],
+    );
 }
 
 #[test]
 fn service_rules() {
     let cases: &[(&str, &[(&str, &str)])] = &[
-        ("name = \"Web\"\n[[components]]\nname = \"a\"\nimage = \"x:1\"\n", &[("name", "only a-z")]),
-        ("name = \"\"\n[[components]]\nname = \"a\"\nimage = \"x:1\"\n", &[("name", "must not be empty")]),
-        ("name = \"-web\"\n[[components]]\nname = \"a\"\nimage = \"x:1\"\n", &[("name", "start or end")]),
         (
-            &*Box::leak(format!("name = \"{}\"\n[[components]]\nname = \"a\"\nimage = \"x:1\"\n", "a".repeat(64)).into_boxed_str()),
+            "name = \"Web\"\n[[components]]\nname = \"a\"\nimage = \"x:1\"\n",
+            &[("name", "only a-z")],
+        ),
+        (
+            "name = \"\"\n[[components]]\nname = \"a\"\nimage = \"x:1\"\n",
+            &[("name", "must not be empty")],
+        ),
+        (
+            "name = \"-web\"\n[[components]]\nname = \"a\"\nimage = \"x:1\"\n",
+            &[("name", "start or end")],
+        ),
+        (
+            &*Box::leak(
+                format!(
+                    "name = \"{}\"\n[[components]]\nname = \"a\"\nimage = \"x:1\"\n",
+                    "a".repeat(64)
+                )
+                .into_boxed_str(),
+            ),
             &[("name", "longer than 63")],
         ),
-        ("name = \"web\"\nnode = \"rift\"\ntier = \"core\"\n[[components]]\nname = \"a\"\nimage = \"x:1\"\n", &[("node", "exclusive")]),
-        ("name = \"web\"\ntier = \"edge\"\n[[components]]\nname = \"a\"\nimage = \"x:1\"\n", &[("tier", "unknown tier")]),
-        ("name = \"web\"\nnode = \"Rift\"\n[[components]]\nname = \"a\"\nimage = \"x:1\"\n", &[("node", "only a-z")]),
+        (
+            "name = \"web\"\nnode = \"rift\"\ntier = \"core\"\n[[components]]\nname = \"a\"\nimage = \"x:1\"\n",
+            &[("node", "exclusive")],
+        ),
+        (
+            "name = \"web\"\ntier = \"edge\"\n[[components]]\nname = \"a\"\nimage = \"x:1\"\n",
+            &[("tier", "unknown tier")],
+        ),
+        (
+            "name = \"web\"\nnode = \"Rift\"\n[[components]]\nname = \"a\"\nimage = \"x:1\"\n",
+            &[("node", "only a-z")],
+        ),
         ("name = \"web\"\n", &[("components", "at least one")]),
-        ("name = \"web\"\npath = \" \"\n[[components]]\nname = \"a\"\nimage = \"x:1\"\n", &[("path", "empty")]),
-        ("name = \"web\"\n[build.images]\nweb = \"\"\n[[components]]\nname = \"a\"\nimage = \"x:1\"\n", &[("build.images.web", "Dockerfile")]),
+        (
+            "name = \"web\"\npath = \" \"\n[[components]]\nname = \"a\"\nimage = \"x:1\"\n",
+            &[("path", "empty")],
+        ),
+        (
+            "name = \"web\"\n[build.images]\nweb = \"\"\n[[components]]\nname = \"a\"\nimage = \"x:1\"\n",
+            &[("build.images.web", "Dockerfile")],
+        ),
     ];
     for (doc, expected) in cases {
         check(doc, expected);
@@ -123,23 +163,74 @@ fn service_rules() {
 #[test]
 fn component_rules() {
     let cases: &[(&str, &[(&str, &str)])] = &[
-        ("[[components]]\nname = \"api\"\nimage = \"x:1\"\n", &[("components[api].name", "duplicate component")]),
-        ("[[components]]\nname = \"Bad_Name\"\nimage = \"x:1\"\n", &[("components[1].name", "only a-z")]),
-        ("volumes = [\"data:/data\"]\n", &[("components[api].volumes[0]", "absolute")]),
-        ("volumes = [\"/srv/data:data\"]\n", &[("components[api].volumes[0]", "target")]),
-        ("volumes = [\"/srv/data\"]\n", &[("components[api].volumes[0]", "source:target")]),
-        ("volumes = [\"/srv/../etc:/x\"]\n", &[("components[api].volumes[0]", "..")]),
-        ("volumes = [\"/srv/a:/a:rx\"]\n", &[("components[api].volumes[0]", "unknown volume option")]),
-        ("env = [\"NOVALUE\"]\n", &[("components[api].env[0]", "KEY=VALUE")]),
-        ("env = [\"1BAD=x\"]\n", &[("components[api].env[0]", "valid variable")]),
-        ("env = [\"A=1\", \"A=2\"]\n", &[("components[api].env[1]", "duplicate variable")]),
-        ("network = \"bad net\"\n", &[("components[api].network", "valid network")]),
-        ("network = \"host\"\n[[components.routes]]\nport = 80\n", &[("components[api].network", "cannot publish")]),
-        ("user = \"a b\"\n", &[("components[api].user", "without spaces")]),
-        ("restart = \"sometimes\"\n", &[("components[api].restart", "unknown restart policy")]),
-        ("restart = \"on-failure:x\"\n", &[("components[api].restart", "unknown restart policy")]),
-        ("memory = \"lots\"\n", &[("components[api].memory", "not a size")]),
-        ("memory = \"12Q\"\n", &[("components[api].memory", "unknown unit")]),
+        (
+            "[[components]]\nname = \"api\"\nimage = \"x:1\"\n",
+            &[("components[api].name", "duplicate component")],
+        ),
+        (
+            "[[components]]\nname = \"Bad_Name\"\nimage = \"x:1\"\n",
+            &[("components[1].name", "only a-z")],
+        ),
+        (
+            "volumes = [\"data:/data\"]\n",
+            &[("components[api].volumes[0]", "absolute")],
+        ),
+        (
+            "volumes = [\"/srv/data:data\"]\n",
+            &[("components[api].volumes[0]", "target")],
+        ),
+        (
+            "volumes = [\"/srv/data\"]\n",
+            &[("components[api].volumes[0]", "source:target")],
+        ),
+        (
+            "volumes = [\"/srv/../etc:/x\"]\n",
+            &[("components[api].volumes[0]", "..")],
+        ),
+        (
+            "volumes = [\"/srv/a:/a:rx\"]\n",
+            &[("components[api].volumes[0]", "unknown volume option")],
+        ),
+        (
+            "env = [\"NOVALUE\"]\n",
+            &[("components[api].env[0]", "KEY=VALUE")],
+        ),
+        (
+            "env = [\"1BAD=x\"]\n",
+            &[("components[api].env[0]", "valid variable")],
+        ),
+        (
+            "env = [\"A=1\", \"A=2\"]\n",
+            &[("components[api].env[1]", "duplicate variable")],
+        ),
+        (
+            "network = \"bad net\"\n",
+            &[("components[api].network", "valid network")],
+        ),
+        (
+            "network = \"host\"\n[[components.routes]]\nport = 80\n",
+            &[("components[api].network", "cannot publish")],
+        ),
+        (
+            "user = \"a b\"\n",
+            &[("components[api].user", "without spaces")],
+        ),
+        (
+            "restart = \"sometimes\"\n",
+            &[("components[api].restart", "unknown restart policy")],
+        ),
+        (
+            "restart = \"on-failure:x\"\n",
+            &[("components[api].restart", "unknown restart policy")],
+        ),
+        (
+            "memory = \"lots\"\n",
+            &[("components[api].memory", "not a size")],
+        ),
+        (
+            "memory = \"12Q\"\n",
+            &[("components[api].memory", "unknown unit")],
+        ),
         ("memory = \"1M\"\n", &[("components[api].memory", "below")]),
         ("cpus = 0.0\n", &[("components[api].cpus", "CPU count")]),
         ("cpus = -1.0\n", &[("components[api].cpus", "CPU count")]),
@@ -184,15 +275,42 @@ fn image_rules() {
 #[test]
 fn route_rules() {
     let cases: &[(&str, &[(&str, &str)])] = &[
-        ("[[components.routes]]\nport = 0\n", &[("components[api].routes[0].port", "1..=65535")]),
-        ("[[components.routes]]\nport = 70000\n", &[("components[api].routes[0].port", "1..=65535")]),
-        ("[[components.routes]]\nport = 443\nmode = \"l5\"\n", &[("components[api].routes[0].mode", "unknown mode")]),
-        ("[[components.routes]]\nport = 443\nhostname = \"Bad.example.net\"\n", &[("components[api].routes[0].hostname", "lower-case")]),
-        ("[[components.routes]]\nport = 443\nhostname = \"bad..example.net\"\n", &[("components[api].routes[0].hostname", "empty label")]),
-        ("[[components.routes]]\nport = 443\nhostname = \"-a.example.net\"\n", &[("components[api].routes[0].hostname", "starting or ending")]),
-        ("[[components.routes]]\nport = 443\nhostname = \"localhost\"\n", &[("components[api].routes[0].hostname", "fully qualified")]),
-        ("[[components.routes]]\nport = 443\nhostname = \"a_b.example.net\"\n", &[("components[api].routes[0].hostname", "'_'")]),
-        ("[[components.routes]]\nport = 443\npublic = true\n", &[("components[api].routes[0].hostname", "public hostname")]),
+        (
+            "[[components.routes]]\nport = 0\n",
+            &[("components[api].routes[0].port", "1..=65535")],
+        ),
+        (
+            "[[components.routes]]\nport = 70000\n",
+            &[("components[api].routes[0].port", "1..=65535")],
+        ),
+        (
+            "[[components.routes]]\nport = 443\nmode = \"l5\"\n",
+            &[("components[api].routes[0].mode", "unknown mode")],
+        ),
+        (
+            "[[components.routes]]\nport = 443\nhostname = \"Bad.example.net\"\n",
+            &[("components[api].routes[0].hostname", "lower-case")],
+        ),
+        (
+            "[[components.routes]]\nport = 443\nhostname = \"bad..example.net\"\n",
+            &[("components[api].routes[0].hostname", "empty label")],
+        ),
+        (
+            "[[components.routes]]\nport = 443\nhostname = \"-a.example.net\"\n",
+            &[("components[api].routes[0].hostname", "starting or ending")],
+        ),
+        (
+            "[[components.routes]]\nport = 443\nhostname = \"localhost\"\n",
+            &[("components[api].routes[0].hostname", "fully qualified")],
+        ),
+        (
+            "[[components.routes]]\nport = 443\nhostname = \"a_b.example.net\"\n",
+            &[("components[api].routes[0].hostname", "'_'")],
+        ),
+        (
+            "[[components.routes]]\nport = 443\npublic = true\n",
+            &[("components[api].routes[0].hostname", "public hostname")],
+        ),
         (
             "[[components.routes]]\nname = \"a\"\nport = 443\n[[components.routes]]\nname = \"a\"\nport = 444\n",
             &[("components[api].routes[a].name", "duplicate route")],
@@ -226,12 +344,30 @@ fn route_rules() {
 #[test]
 fn health_rules() {
     let cases: &[(&str, &[(&str, &str)])] = &[
-        ("health = { kind = \"tcp\" }\n[[components.routes]]\nport = 80\n", &[]),
-        ("health = { kind = \"icmp\" }\n[[components.routes]]\nport = 80\n", &[("components[api].health.kind", "unknown kind")]),
-        ("health = { kind = \"tcp\", port = \"rest\" }\n[[components.routes]]\nport = 80\n", &[("components[api].health.port", "no route named")]),
-        ("health = { kind = \"tcp\" }\n", &[("components[api].health.port", "name the route")]),
-        ("health = { kind = \"tcp\", path = \"/x\" }\n[[components.routes]]\nport = 80\n", &[("components[api].health.path", "only http")]),
-        ("health = { kind = \"http\", path = \"x\" }\n[[components.routes]]\nport = 80\n", &[("components[api].health.path", "start with /")]),
+        (
+            "health = { kind = \"tcp\" }\n[[components.routes]]\nport = 80\n",
+            &[],
+        ),
+        (
+            "health = { kind = \"icmp\" }\n[[components.routes]]\nport = 80\n",
+            &[("components[api].health.kind", "unknown kind")],
+        ),
+        (
+            "health = { kind = \"tcp\", port = \"rest\" }\n[[components.routes]]\nport = 80\n",
+            &[("components[api].health.port", "no route named")],
+        ),
+        (
+            "health = { kind = \"tcp\" }\n",
+            &[("components[api].health.port", "name the route")],
+        ),
+        (
+            "health = { kind = \"tcp\", path = \"/x\" }\n[[components.routes]]\nport = 80\n",
+            &[("components[api].health.path", "only http")],
+        ),
+        (
+            "health = { kind = \"http\", path = \"x\" }\n[[components.routes]]\nport = 80\n",
+            &[("components[api].health.path", "start with /")],
+        ),
     ];
     for (extra, expected) in cases {
         check(&with(extra), expected);
@@ -277,7 +413,10 @@ fn helpers() {
     assert_eq!(container_name("web", "api"), "web-api");
     assert_eq!(container_name("web", "web"), "web");
     assert_eq!(image_version("r:5000/web:v1.2"), "v1.2");
-    assert_eq!(image_version("web@sha256:0123456789abcdef0123"), "0123456789ab");
+    assert_eq!(
+        image_version("web@sha256:0123456789abcdef0123"),
+        "0123456789ab"
+    );
     assert_eq!(parse_memory("512M").unwrap(), 512 << 20);
     assert_eq!(parse_memory("2Gi").unwrap(), 2 << 30);
     assert_eq!(parse_memory("1.5g").unwrap(), 3 << 29);

@@ -1,0 +1,11 @@
+//! mcp-agent: runs a node's services as rootless podman containers and
+//! records them in its SQLite registry.
+
+pub mod node;
+pub mod ops;
+pub mod plan;
+pub mod podman;
+pub mod ports;
+pub mod registry;
+pub mod server;
+pub mod spec;

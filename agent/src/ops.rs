@@ -1,0 +1,996 @@
+//! The agent's operations: deploy pipeline (SPEC §4), stop, start, restart,
+//! undeploy, and status. Plain async functions over [`Agent`]; the gRPC
+//! layer only converts and dispatches.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use mcp_common::config::AgentConfig;
+use mcp_common::service::{self, DEFAULT_ZONE, RouteMode, ServiceDef};
+
+use crate::plan::{self, Action, Seen};
+use crate::podman::{LABEL_HASH, LABEL_SERVICE, Observed, Podman, PodmanError};
+use crate::registry::{
+    ComponentRecord, Desired, EventRecord, Registry, RegistryError, RouteRecord, ServiceRecord,
+};
+use crate::spec::ContainerSpec;
+
+/// Pipeline step names, in deploy order.
+pub mod step {
+    pub const PORTS: &str = "ports";
+    pub const CERTIFICATES: &str = "certificates";
+    pub const CONTAINERS: &str = "containers";
+    pub const ROUTES: &str = "routes";
+    pub const DNS: &str = "dns";
+    pub const REGISTRY: &str = "registry";
+}
+
+/// Outcome of one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub name: &'static str,
+    pub success: bool,
+    pub skipped: bool,
+    pub detail: String,
+    pub error: String,
+    pub duration_ms: u64,
+}
+
+/// Result of an operation that ran (it may have failed at a step).
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub steps: Vec<Step>,
+    pub changed: bool,
+    pub warnings: Vec<String>,
+}
+
+impl Outcome {
+    fn ok(&mut self, name: &'static str, started: Instant, detail: impl Into<String>) {
+        self.push(name, started, true, false, detail.into(), String::new());
+    }
+    fn skip(&mut self, name: &'static str, detail: impl Into<String>) {
+        self.push(
+            name,
+            Instant::now(),
+            true,
+            true,
+            detail.into(),
+            String::new(),
+        );
+    }
+    fn fail(&mut self, name: &'static str, started: Instant, error: impl Into<String>) {
+        self.push(name, started, false, false, String::new(), error.into());
+    }
+    fn push(
+        &mut self,
+        name: &'static str,
+        started: Instant,
+        success: bool,
+        skipped: bool,
+        detail: String,
+        error: String,
+    ) {
+        self.steps.push(Step {
+            name,
+            success,
+            skipped,
+            detail,
+            error,
+            duration_ms: started.elapsed().as_millis() as u64,
+        });
+    }
+
+    /// The first failed step, if any.
+    pub fn failed(&self) -> Option<&Step> {
+        self.steps.iter().find(|s| !s.success)
+    }
+}
+
+/// Why an operation could not run or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// Bad request; nothing was changed.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("service {0:?} is not deployed on this node")]
+    NotFound(String),
+    /// Conflicts with existing state; nothing was changed.
+    #[error("{0}")]
+    Conflict(String),
+    /// A pipeline step failed; the outcome says which, and what was undone.
+    #[error("{step} failed: {error}")]
+    StepFailed {
+        step: &'static str,
+        error: String,
+        outcome: Outcome,
+    },
+    #[error("no free host port in {min}-{max}")]
+    PortsExhausted {
+        min: u16,
+        max: u16,
+        outcome: Outcome,
+    },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Podman(#[from] PodmanError),
+}
+
+impl OpError {
+    fn from_outcome(outcome: Outcome) -> OpError {
+        let failed = outcome
+            .failed()
+            .cloned()
+            .expect("called with a failed step");
+        OpError::StepFailed {
+            step: failed.name,
+            error: failed.error,
+            outcome,
+        }
+    }
+}
+
+/// Observed view of one service for status and `ps`.
+#[derive(Debug, Clone)]
+pub struct ServiceView {
+    pub record: ServiceRecord,
+    /// Container name → what podman says (absent = missing).
+    pub observed: HashMap<String, Observed>,
+}
+
+/// Suffix of the previous container kept while its replacement starts.
+const PREV_SUFFIX: &str = "-mcp-prev";
+
+/// Agent state shared by all requests.
+pub struct Agent {
+    pub cfg: AgentConfig,
+    pub registry: Registry,
+    pub podman: Podman,
+    pub started: Instant,
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Host ports handed out by deploys still in flight.
+    reserved: std::sync::Mutex<HashSet<u16>>,
+}
+
+impl Agent {
+    /// Assembles the agent.
+    pub fn new(cfg: AgentConfig, registry: Registry, podman: Podman) -> Agent {
+        Agent {
+            cfg,
+            registry,
+            podman,
+            started: Instant::now(),
+            locks: Default::default(),
+            reserved: Default::default(),
+        }
+    }
+
+    /// Node name.
+    pub fn name(&self) -> &str {
+        &self.cfg.agent.name
+    }
+
+    async fn lock(&self, service: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(service.to_string()).or_default().clone()
+        };
+        m.lock_owned().await
+    }
+
+    /// Runs the deploy pipeline for `def` (all components, or `only`).
+    pub async fn deploy(&self, def: ServiceDef, only: Option<String>) -> Result<Outcome, OpError> {
+        service::check("deploy request", &def).map_err(|e| OpError::Invalid(e.to_string()))?;
+        if let Some(node) = &def.node
+            && node != self.name()
+        {
+            return Err(OpError::Invalid(format!(
+                "service {} is pinned to node {node:?}, this is {:?}",
+                def.name,
+                self.name()
+            )));
+        }
+        if let Some(c) = &only
+            && def.component(c).is_none()
+        {
+            return Err(OpError::Invalid(format!(
+                "service {} has no component {c:?}",
+                def.name
+            )));
+        }
+        for c in &def.components {
+            let container = def.container_name(&c.name);
+            if let Some(owner) = self.registry.container_owner(&container)?
+                && owner != def.name
+            {
+                return Err(OpError::Conflict(format!(
+                    "container name {container} is already used by service {owner}"
+                )));
+            }
+        }
+        let _guard = self.lock(&def.name).await;
+        let old = self.registry.service(&def.name)?;
+        let in_scope = |name: &str| only.as_deref().is_none_or(|o| o == name);
+        let mut out = Outcome::default();
+
+        // 1. Ports.
+        let t = Instant::now();
+        let ports = match self.assign_ports(&def, old.as_ref()) {
+            Ok(p) => p,
+            Err(e) => {
+                out.fail(step::PORTS, t, e.to_string());
+                return Err(match e {
+                    OpError::PortsExhausted { min, max, .. } => OpError::PortsExhausted {
+                        min,
+                        max,
+                        outcome: out,
+                    },
+                    _ => OpError::from_outcome(out),
+                });
+            }
+        };
+        let _release = Reservation {
+            agent: self,
+            ports: ports.fresh.clone(),
+        };
+        out.ok(
+            step::PORTS,
+            t,
+            if ports.all.is_empty() {
+                "no routes".to_string()
+            } else {
+                format!("{} host ports ({} new)", ports.total(), ports.fresh.len())
+            },
+        );
+
+        // 2. Certificates.
+        let l7 = def
+            .components
+            .iter()
+            .flat_map(|c| &c.routes)
+            .any(|r| r.mode() == RouteMode::L7);
+        out.skip(
+            step::CERTIFICATES,
+            if l7 {
+                "L7 routes present but no certificate authority is configured on this node"
+            } else {
+                "no L7 routes"
+            },
+        );
+
+        // 3. Containers.
+        let t = Instant::now();
+        let wanted: Vec<(String, ContainerSpec)> = def
+            .components
+            .iter()
+            .filter(|c| in_scope(&c.name))
+            .map(|c| {
+                let empty = BTreeMap::new();
+                let p = ports.all.get(&c.name).unwrap_or(&empty);
+                (
+                    c.name.clone(),
+                    ContainerSpec::build(&def, c, p, self.name()),
+                )
+            })
+            .collect();
+        let recorded: BTreeMap<String, ContainerSpec> = old
+            .iter()
+            .flat_map(|o| {
+                o.components
+                    .iter()
+                    .map(|c| (c.name.clone(), c.spec.clone()))
+            })
+            .collect();
+        let dropped: Vec<(String, String)> = match (&old, &only) {
+            (Some(o), None) => o
+                .components
+                .iter()
+                .filter(|c| def.component(&c.name).is_none())
+                .map(|c| (c.name.clone(), c.spec.name.clone()))
+                .collect(),
+            _ => vec![],
+        };
+        let seen = self
+            .seen(&def.name, wanted.iter().map(|(_, s)| s.name.as_str()))
+            .await?;
+        let actions = match plan::plan(&recorded, &wanted, &seen, def.active, &dropped) {
+            Ok(a) => a,
+            Err(e) => {
+                out.fail(step::CONTAINERS, t, e.to_string());
+                return Err(OpError::from_outcome(out));
+            }
+        };
+        let containers_changed = actions.iter().any(Action::changes_something);
+        let definition_changed = old.as_ref().is_none_or(|o| o.def != def);
+        if !containers_changed && !definition_changed {
+            out.steps.retain(|s| s.name == step::PORTS);
+            out.skip(step::CERTIFICATES, "unchanged");
+            out.skip(step::CONTAINERS, "unchanged");
+            out.skip(step::ROUTES, "unchanged");
+            out.skip(step::DNS, "unchanged");
+            out.skip(step::REGISTRY, "unchanged");
+            return Ok(out);
+        }
+        let mut undo = Vec::new();
+        match self.apply(&actions, &mut undo, &mut out.warnings).await {
+            Ok(summary) => out.ok(step::CONTAINERS, t, summary),
+            Err(e) => {
+                let rolled = self.rollback(undo).await;
+                out.fail(step::CONTAINERS, t, format!("{e}; {rolled}"));
+                let _ = self
+                    .registry
+                    .event(&def.name, "", "deploy-failed", &e.to_string());
+                return Err(OpError::from_outcome(out));
+            }
+        }
+
+        // 4, 5. Routes and DNS.
+        let route_count = wanted.iter().map(|(_, s)| s.ports.len()).sum::<usize>();
+        out.skip(
+            step::ROUTES,
+            if route_count == 0 {
+                "no routes".to_string()
+            } else {
+                format!("{route_count} routes recorded; no proxy is configured on this node")
+            },
+        );
+        out.skip(step::DNS, "no DNS service is configured on this node");
+
+        // 6. Registry.
+        let t = Instant::now();
+        let record = self
+            .record_for(&def, old.as_ref(), &wanted, &ports, &only)
+            .await;
+        let summary = actions
+            .iter()
+            .filter(|a| a.changes_something())
+            .map(describe)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let kind = if old.is_some() {
+            "redeployed"
+        } else {
+            "deployed"
+        };
+        if let Err(e) = self.registry.save(&record, (kind, &summary)) {
+            let rolled = self.rollback(undo).await;
+            out.fail(step::REGISTRY, t, format!("{e}; {rolled}"));
+            return Err(OpError::from_outcome(out));
+        }
+        self.commit(&actions, undo, &mut out.warnings).await;
+        out.ok(
+            step::REGISTRY,
+            t,
+            format!(
+                "{kind}: {}",
+                if summary.is_empty() {
+                    "definition updated"
+                } else {
+                    &summary
+                }
+            ),
+        );
+        out.changed = true;
+        tracing::info!(service = %def.name, %summary, "{kind}");
+        Ok(out)
+    }
+
+    /// Host ports per component and route: kept from the registry, new
+    /// ones picked free both in the registry and on the host.
+    fn assign_ports(
+        &self,
+        def: &ServiceDef,
+        old: Option<&ServiceRecord>,
+    ) -> Result<Ports, OpError> {
+        let mut used = self.registry.used_ports()?;
+        let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        used.extend(reserved.iter().copied());
+        let mut ports = Ports::default();
+        for c in &def.components {
+            for r in &c.routes {
+                let kept = old.and_then(|o| {
+                    o.routes
+                        .iter()
+                        .find(|x| x.component == c.name && x.name == r.key())
+                        .map(|x| x.host_port)
+                });
+                let port = match kept {
+                    Some(p) => p,
+                    None => {
+                        let (min, max) = (self.cfg.ports.min, self.cfg.ports.max);
+                        let p = crate::ports::choose(min, max, &used, crate::ports::free_on_host)
+                            .ok_or(OpError::PortsExhausted {
+                            min,
+                            max,
+                            outcome: Outcome::default(),
+                        })?;
+                        used.insert(p);
+                        ports.fresh.push(p);
+                        p
+                    }
+                };
+                ports
+                    .all
+                    .entry(c.name.clone())
+                    .or_default()
+                    .insert(r.key().to_string(), port);
+            }
+        }
+        reserved.extend(ports.fresh.iter().copied());
+        Ok(ports)
+    }
+
+    /// What podman says about the named containers, for planning.
+    async fn seen<'a>(
+        &self,
+        service: &str,
+        names: impl Iterator<Item = &'a str>,
+    ) -> Result<BTreeMap<String, Seen>, OpError> {
+        let mut out = BTreeMap::new();
+        for name in names {
+            if let Some(o) = self.podman.inspect(name).await? {
+                out.insert(
+                    name.to_string(),
+                    Seen {
+                        running: o.running(),
+                        hash: o.labels.get(LABEL_HASH).cloned().unwrap_or_default(),
+                        ours: o.labels.get(LABEL_SERVICE).map(String::as_str) == Some(service),
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Executes container actions, recording how to undo each. Images are
+    /// pulled before anything is touched, so a missing image changes nothing.
+    async fn apply(
+        &self,
+        actions: &[Action],
+        undo: &mut Vec<Undo>,
+        warnings: &mut Vec<String>,
+    ) -> Result<String, PodmanError> {
+        let mut pulled = Vec::new();
+        for a in actions {
+            if let Action::Create { spec, .. } | Action::Replace { spec, .. } = a {
+                if self.podman.ensure_image(&spec.image).await? {
+                    pulled.push(spec.image.clone());
+                }
+                if let Some(net) = &spec.network {
+                    self.podman.ensure_network(net).await?;
+                }
+                if spec.memory.is_some() || spec.nano_cpus.is_some() {
+                    let note = format!(
+                        "{}: this host cannot enforce memory/cpu limits for rootless containers (cgroups v1); they are recorded but not applied",
+                        spec.name
+                    );
+                    if crate::node::cgroup_version() < 2 && !warnings.contains(&note) {
+                        warnings.push(note);
+                    }
+                }
+            }
+        }
+        for a in actions {
+            match a {
+                Action::Keep { .. } | Action::Remove { .. } => {}
+                Action::Start { spec, .. } => {
+                    self.podman.start(&spec.name).await?;
+                    undo.push(Undo::Stop(spec.name.clone()));
+                    self.check_running(&spec.name).await?;
+                }
+                Action::Stop { container, .. } => {
+                    self.podman.stop(container).await?;
+                    undo.push(Undo::Start(container.clone()));
+                }
+                Action::Create { spec, .. } => {
+                    self.podman.create(&spec.with_hash_label()).await?;
+                    undo.push(Undo::Remove(spec.name.clone()));
+                    self.podman.start(&spec.name).await?;
+                    self.check_running(&spec.name).await?;
+                }
+                Action::Replace { spec, .. } => {
+                    let prev = format!("{}{PREV_SUFFIX}", spec.name);
+                    let was_running = self
+                        .podman
+                        .inspect(&spec.name)
+                        .await?
+                        .is_some_and(|o| o.running());
+                    self.podman.remove(&prev).await?;
+                    self.podman.stop(&spec.name).await?;
+                    self.podman.rename(&spec.name, &prev).await?;
+                    undo.push(Undo::Restore {
+                        name: spec.name.clone(),
+                        prev,
+                        was_running,
+                    });
+                    self.podman.create(&spec.with_hash_label()).await?;
+                    self.podman.start(&spec.name).await?;
+                    self.check_running(&spec.name).await?;
+                }
+            }
+        }
+        let changed: Vec<String> = actions
+            .iter()
+            .filter(|a| a.changes_something())
+            .map(describe)
+            .collect();
+        let mut summary = if changed.is_empty() {
+            "unchanged".to_string()
+        } else {
+            changed.join(", ")
+        };
+        if !pulled.is_empty() {
+            summary.push_str(&format!("; pulled {}", pulled.join(", ")));
+        }
+        Ok(summary)
+    }
+
+    /// A container that exits at once is a failed start, not a success.
+    async fn check_running(&self, name: &str) -> Result<(), PodmanError> {
+        match self.podman.inspect(name).await? {
+            Some(o) if o.running() => Ok(()),
+            Some(o) => Err(PodmanError::Container {
+                name: name.to_string(),
+                action: "start",
+                reason: format!("container is {} right after start", o.state),
+            }),
+            None => Err(PodmanError::Container {
+                name: name.to_string(),
+                action: "start",
+                reason: "container vanished right after start".into(),
+            }),
+        }
+    }
+
+    /// Undoes applied actions in reverse; returns a summary for the error.
+    async fn rollback(&self, undo: Vec<Undo>) -> String {
+        if undo.is_empty() {
+            return "nothing was changed".to_string();
+        }
+        let mut problems = Vec::new();
+        for u in undo.into_iter().rev() {
+            let r = match &u {
+                Undo::Stop(name) => self.podman.stop(name).await,
+                Undo::Start(name) => self.podman.start(name).await,
+                Undo::Remove(name) => self.podman.remove(name).await,
+                Undo::Restore {
+                    name,
+                    prev,
+                    was_running,
+                } => {
+                    let mut r = self.podman.remove(name).await;
+                    if r.is_ok() {
+                        r = self.podman.rename(prev, name).await;
+                    }
+                    if r.is_ok() && *was_running {
+                        r = self.podman.start(name).await;
+                    }
+                    r
+                }
+            };
+            if let Err(e) = r {
+                problems.push(e.to_string());
+            }
+        }
+        if problems.is_empty() {
+            "rolled back: the previous version is running".to_string()
+        } else {
+            format!("rollback incomplete: {}", problems.join("; "))
+        }
+    }
+
+    /// After the registry recorded the new state: drop replaced containers
+    /// and remove those of dropped components.
+    async fn commit(&self, actions: &[Action], undo: Vec<Undo>, warnings: &mut Vec<String>) {
+        for u in undo {
+            if let Undo::Restore { prev, .. } = u
+                && let Err(e) = self.podman.remove(&prev).await
+            {
+                warnings.push(format!("could not remove replaced container {prev}: {e}"));
+            }
+        }
+        for a in actions {
+            if let Action::Remove { container, .. } = a
+                && let Err(e) = self.podman.remove(container).await
+            {
+                warnings.push(format!(
+                    "could not remove container {container} of a dropped component: {e}"
+                ));
+            }
+        }
+    }
+
+    /// The registry record after a successful deploy.
+    async fn record_for(
+        &self,
+        def: &ServiceDef,
+        old: Option<&ServiceRecord>,
+        wanted: &[(String, ContainerSpec)],
+        ports: &Ports,
+        only: &Option<String>,
+    ) -> ServiceRecord {
+        let desired = if def.active {
+            Desired::Running
+        } else {
+            Desired::Stopped
+        };
+        let mut components = Vec::new();
+        let mut routes = Vec::new();
+        for c in &def.components {
+            let spec = match wanted.iter().find(|(n, _)| n == &c.name) {
+                Some((_, s)) => s.clone(),
+                None => match old.and_then(|o| o.component(&c.name)) {
+                    // Out of scope of a single-component deploy: keep as recorded.
+                    Some(rec) => {
+                        components.push(rec.clone());
+                        routes.extend(
+                            old.into_iter()
+                                .flat_map(|o| o.routes.iter())
+                                .filter(|r| r.component == c.name)
+                                .cloned(),
+                        );
+                        continue;
+                    }
+                    None => {
+                        let empty = BTreeMap::new();
+                        ContainerSpec::build(
+                            def,
+                            c,
+                            ports.all.get(&c.name).unwrap_or(&empty),
+                            self.name(),
+                        )
+                    }
+                },
+            };
+            let observed = self.podman.inspect(&spec.name).await.ok().flatten();
+            let in_scope = only.as_deref().is_none_or(|o| o == c.name);
+            components.push(ComponentRecord {
+                name: c.name.clone(),
+                desired: if in_scope { desired } else { Desired::Stopped },
+                observed: observed
+                    .as_ref()
+                    .map(|o| o.state.clone())
+                    .unwrap_or_else(|| "missing".into()),
+                container_id: observed.map(|o| o.id).unwrap_or_default(),
+                spec,
+            });
+            for r in &c.routes {
+                if let Some(p) = ports.all.get(&c.name).and_then(|m| m.get(r.key())) {
+                    routes.push(RouteRecord {
+                        component: c.name.clone(),
+                        name: r.key().to_string(),
+                        port: r.port as u16,
+                        mode: r.mode().as_str().to_string(),
+                        hostname: r.hostname_or_default(&def.name, DEFAULT_ZONE),
+                        public: r.public,
+                        host_port: *p,
+                    });
+                }
+            }
+        }
+        ServiceRecord {
+            def: def.clone(),
+            components,
+            routes,
+            updated_at: 0,
+        }
+    }
+
+    /// Stops a service (or one component): DNS, routes, then containers.
+    pub async fn stop(&self, name: &str, only: Option<&str>) -> Result<Outcome, OpError> {
+        let _guard = self.lock(name).await;
+        let rec = self
+            .registry
+            .service(name)?
+            .ok_or_else(|| OpError::NotFound(name.to_string()))?;
+        let targets = select(&rec, only)?;
+        let mut out = Outcome::default();
+        out.skip(step::DNS, "no DNS service is configured on this node");
+        out.skip(step::ROUTES, "no proxy is configured on this node");
+        let t = Instant::now();
+        let mut stopped = Vec::new();
+        for c in targets.iter().rev() {
+            if let Err(e) = self.podman.stop(&c.spec.name).await {
+                out.fail(step::CONTAINERS, t, e.to_string());
+                return Err(OpError::from_outcome(out));
+            }
+            stopped.push(c.spec.name.clone());
+        }
+        out.ok(
+            step::CONTAINERS,
+            t,
+            format!("stopped {}", stopped.join(", ")),
+        );
+        let t = Instant::now();
+        let names: Vec<String> = targets.iter().map(|c| c.name.clone()).collect();
+        let scope = only.map(|o| format!(" component {o}")).unwrap_or_default();
+        self.registry.set_desired(
+            name,
+            &names,
+            Desired::Stopped,
+            ("stopped", &format!("stopped{scope}")),
+        )?;
+        self.refresh_observed(&rec).await;
+        out.ok(step::REGISTRY, t, "desired state: stopped");
+        out.changed = true;
+        Ok(out)
+    }
+
+    /// Starts a service (or one component) from the registry: containers
+    /// that are gone are recreated from their recorded spec.
+    pub async fn start(&self, name: &str, only: Option<&str>) -> Result<Outcome, OpError> {
+        let _guard = self.lock(name).await;
+        let rec = self
+            .registry
+            .service(name)?
+            .ok_or_else(|| OpError::NotFound(name.to_string()))?;
+        if !rec.def.active {
+            return Err(OpError::Conflict(format!(
+                "service {name} is inactive (active = false); deploy it with active = true"
+            )));
+        }
+        let targets = select(&rec, only)?;
+        let mut out = Outcome::default();
+        out.skip(
+            step::PORTS,
+            format!("{} host ports kept from the registry", rec.routes.len()),
+        );
+        out.skip(
+            step::CERTIFICATES,
+            "no certificate authority is configured on this node",
+        );
+        let t = Instant::now();
+        let wanted: Vec<(String, ContainerSpec)> = targets
+            .iter()
+            .map(|c| (c.name.clone(), c.spec.clone()))
+            .collect();
+        let recorded: BTreeMap<String, ContainerSpec> = wanted.iter().cloned().collect();
+        let seen = self
+            .seen(name, wanted.iter().map(|(_, s)| s.name.as_str()))
+            .await?;
+        let actions = match plan::plan(&recorded, &wanted, &seen, true, &[]) {
+            Ok(a) => a,
+            Err(e) => {
+                out.fail(step::CONTAINERS, t, e.to_string());
+                return Err(OpError::from_outcome(out));
+            }
+        };
+        let mut undo = Vec::new();
+        let mut warnings = Vec::new();
+        match self.apply(&actions, &mut undo, &mut warnings).await {
+            Ok(summary) => out.ok(step::CONTAINERS, t, summary),
+            Err(e) => {
+                let rolled = self.rollback(undo).await;
+                out.fail(step::CONTAINERS, t, format!("{e}; {rolled}"));
+                return Err(OpError::from_outcome(out));
+            }
+        }
+        self.commit(&actions, undo, &mut warnings).await;
+        out.warnings = warnings;
+        out.skip(step::ROUTES, "no proxy is configured on this node");
+        out.skip(step::DNS, "no DNS service is configured on this node");
+        let t = Instant::now();
+        let names: Vec<String> = targets.iter().map(|c| c.name.clone()).collect();
+        let scope = only.map(|o| format!(" component {o}")).unwrap_or_default();
+        self.registry.set_desired(
+            name,
+            &names,
+            Desired::Running,
+            ("started", &format!("started{scope}")),
+        )?;
+        self.refresh_observed(&rec).await;
+        out.ok(step::REGISTRY, t, "desired state: running");
+        out.changed = true;
+        Ok(out)
+    }
+
+    /// Stop followed by start.
+    pub async fn restart(&self, name: &str, only: Option<&str>) -> Result<Outcome, OpError> {
+        let mut out = self.stop(name, only).await?;
+        let started = self.start(name, only).await?;
+        out.steps.extend(started.steps);
+        out.warnings.extend(started.warnings);
+        Ok(out)
+    }
+
+    /// Full teardown: DNS, routes, containers, certificates, ports and rows.
+    pub async fn undeploy(&self, name: &str) -> Result<Outcome, OpError> {
+        let _guard = self.lock(name).await;
+        let rec = self
+            .registry
+            .service(name)?
+            .ok_or_else(|| OpError::NotFound(name.to_string()))?;
+        let mut out = Outcome::default();
+        out.skip(step::DNS, "no DNS service is configured on this node");
+        out.skip(step::ROUTES, "no proxy is configured on this node");
+        let t = Instant::now();
+        let mut removed = Vec::new();
+        for c in rec.components.iter().rev() {
+            for container in [c.spec.name.clone(), format!("{}{PREV_SUFFIX}", c.spec.name)] {
+                if let Err(e) = self.podman.remove(&container).await {
+                    out.fail(step::CONTAINERS, t, e.to_string());
+                    return Err(OpError::from_outcome(out));
+                }
+            }
+            removed.push(c.spec.name.clone());
+        }
+        out.ok(
+            step::CONTAINERS,
+            t,
+            format!("removed {}", removed.join(", ")),
+        );
+        out.skip(step::CERTIFICATES, "no certificates were issued");
+        let t = Instant::now();
+        self.registry.delete(
+            name,
+            ("undeployed", &format!("removed {}", removed.join(", "))),
+        )?;
+        out.ok(
+            step::PORTS,
+            t,
+            format!("released {} host ports", rec.routes.len()),
+        );
+        out.ok(step::REGISTRY, t, "service removed");
+        out.changed = true;
+        tracing::info!(service = name, "undeployed");
+        Ok(out)
+    }
+
+    async fn refresh_observed(&self, rec: &ServiceRecord) {
+        for c in &rec.components {
+            if let Ok(o) = self.podman.inspect(&c.spec.name).await {
+                let (state, id) = o
+                    .map(|o| (o.state, o.id))
+                    .unwrap_or_else(|| ("missing".into(), String::new()));
+                let _ = self
+                    .registry
+                    .set_observed(&rec.def.name, &c.name, &state, &id);
+            }
+        }
+    }
+
+    /// Every recorded service with what podman reports now.
+    pub async fn list(&self) -> Result<Vec<ServiceView>, OpError> {
+        let records = self.registry.services()?;
+        let listed = self.podman.list_managed().await?;
+        let mut views = Vec::new();
+        for record in records {
+            let mut observed = HashMap::new();
+            for c in &record.components {
+                if let Some(o) = listed.get(&c.spec.name) {
+                    let full = if o.running() {
+                        self.podman
+                            .inspect(&c.spec.name)
+                            .await?
+                            .unwrap_or_else(|| o.clone())
+                    } else {
+                        o.clone()
+                    };
+                    observed.insert(c.spec.name.clone(), full);
+                }
+            }
+            views.push(ServiceView { record, observed });
+        }
+        Ok(views)
+    }
+
+    /// One service with what podman reports now, and its recent events.
+    pub async fn status(&self, name: &str) -> Result<(ServiceView, Vec<EventRecord>), OpError> {
+        let record = self
+            .registry
+            .service(name)?
+            .ok_or_else(|| OpError::NotFound(name.to_string()))?;
+        let mut observed = HashMap::new();
+        for c in &record.components {
+            if let Some(o) = self.podman.inspect(&c.spec.name).await? {
+                observed.insert(c.spec.name.clone(), o);
+            }
+        }
+        let events = self.registry.events(name, 20)?;
+        Ok((ServiceView { record, observed }, events))
+    }
+
+    /// Repairs what an interrupted deploy can leave behind: a replaced
+    /// container renamed aside whose replacement never came up.
+    pub async fn repair_interrupted(&self) -> Result<(), OpError> {
+        let listed = self.podman.list_managed().await?;
+        for rec in self.registry.services()? {
+            for c in &rec.components {
+                let prev = format!("{}{PREV_SUFFIX}", c.spec.name);
+                if !listed.contains_key(&prev) {
+                    continue;
+                }
+                if listed.get(&c.spec.name).is_some_and(|o| o.running()) {
+                    tracing::info!(container = %prev, "removing container left by an interrupted deploy");
+                    self.podman.remove(&prev).await?;
+                } else {
+                    tracing::warn!(container = %c.spec.name, "restoring previous container after an interrupted deploy");
+                    self.podman.remove(&c.spec.name).await?;
+                    self.podman.rename(&prev, &c.spec.name).await?;
+                    if c.desired == Desired::Running {
+                        self.podman.start(&c.spec.name).await?;
+                    }
+                    self.registry.event(
+                        &rec.def.name,
+                        &c.name,
+                        "repaired",
+                        "restored the previous container after an interrupted deploy",
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The recorded components an operation targets.
+fn select<'a>(
+    rec: &'a ServiceRecord,
+    only: Option<&str>,
+) -> Result<Vec<&'a ComponentRecord>, OpError> {
+    match only {
+        None => Ok(rec.components.iter().collect()),
+        Some(o) => rec.component(o).map(|c| vec![c]).ok_or_else(|| {
+            OpError::Invalid(format!("service {} has no component {o:?}", rec.def.name))
+        }),
+    }
+}
+
+fn describe(a: &Action) -> String {
+    match a {
+        Action::Keep { component } => format!("{component} unchanged"),
+        Action::Start { component, .. } => format!("{component} started"),
+        Action::Create { component, .. } => format!("{component} created"),
+        Action::Replace {
+            component, changed, ..
+        } => format!("{component} recreated ({} changed)", changed.join(", ")),
+        Action::Stop { component, .. } => format!("{component} stopped (inactive)"),
+        Action::Remove { component, .. } => format!("{component} removed"),
+    }
+}
+
+/// How to undo one applied container action.
+enum Undo {
+    Stop(String),
+    Start(String),
+    Remove(String),
+    Restore {
+        name: String,
+        prev: String,
+        was_running: bool,
+    },
+}
+
+/// Host ports of a deploy: component → route key → port.
+#[derive(Debug, Default)]
+struct Ports {
+    all: BTreeMap<String, BTreeMap<String, u16>>,
+    fresh: Vec<u16>,
+}
+
+impl Ports {
+    fn total(&self) -> usize {
+        self.all.values().map(BTreeMap::len).sum()
+    }
+}
+
+/// Releases in-flight port reservations when a deploy ends (the registry
+/// holds them from then on, or they were never used).
+struct Reservation<'a> {
+    agent: &'a Agent,
+    ports: Vec<u16>,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut r = self
+            .agent
+            .reserved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for p in &self.ports {
+            r.remove(p);
+        }
+    }
+}

@@ -1,0 +1,595 @@
+//! Rootless podman through its Docker-compatible API (bollard). Only this
+//! module talks to podman.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+use futures::{Stream, StreamExt};
+
+use crate::spec::ContainerSpec;
+
+/// Label keys put on every container the agent creates.
+pub const LABEL_SERVICE: &str = "mcp.service";
+pub const LABEL_COMPONENT: &str = "mcp.component";
+pub const LABEL_NODE: &str = "mcp.node";
+pub const LABEL_HASH: &str = "mcp.spec-hash";
+
+/// Why a podman call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PodmanError {
+    #[error("podman API at {socket} is not answering: {reason}")]
+    Unreachable { socket: String, reason: String },
+    #[error("image {image}: {reason}")]
+    Pull { image: String, reason: String },
+    #[error("container {name}: {action}: {reason}")]
+    Container {
+        name: String,
+        action: &'static str,
+        reason: String,
+    },
+    #[error("podman: {0}")]
+    Other(String),
+}
+
+/// What podman says about one container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    pub id: String,
+    pub name: String,
+    /// running | exited | created | paused | …
+    pub state: String,
+    pub image: String,
+    pub labels: HashMap<String, String>,
+    /// Unix seconds; 0 when unknown.
+    pub started_at: i64,
+    pub restart_count: u32,
+}
+
+impl Observed {
+    /// Whether the container is running.
+    pub fn running(&self) -> bool {
+        self.state == "running"
+    }
+}
+
+/// Handle on the podman API socket.
+#[derive(Clone)]
+pub struct Podman {
+    docker: Docker,
+    socket: PathBuf,
+    stop_timeout: u32,
+}
+
+fn reason(e: &BollardError) -> String {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => format!("{message} (HTTP {status_code})"),
+        BollardError::DockerStreamError { error } => error.clone(),
+        other => mcp_common::tls::error_chain(other),
+    }
+}
+
+fn is_not_found(e: &BollardError) -> bool {
+    matches!(
+        e,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// Default API socket of the current user.
+pub fn default_socket() -> PathBuf {
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(format!("/run/user/{}", unsafe { libc::getuid() })));
+    runtime.join("podman/podman.sock")
+}
+
+impl Podman {
+    /// Connects to the socket; when nothing answers there and `start` is
+    /// set, starts `podman system service` on it (in its own process group,
+    /// so it outlives the agent like the containers do) and waits for it.
+    pub async fn connect(
+        socket: &Path,
+        start: bool,
+        binary: &Path,
+        stop_timeout: u32,
+    ) -> Result<Podman, PodmanError> {
+        if let Ok(p) = Podman::attach(socket, stop_timeout)
+            && p.ping().await.is_ok()
+        {
+            return Ok(p);
+        }
+        if !start {
+            let p = Podman::attach(socket, stop_timeout)?;
+            p.ping().await?;
+            return Ok(p);
+        }
+        start_service(socket, binary)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let attempt = match Podman::attach(socket, stop_timeout) {
+                Ok(p) => p.ping().await.map(|_| p),
+                Err(e) => Err(e),
+            };
+            match attempt {
+                Ok(p) => return Ok(p),
+                Err(e) if tokio::time::Instant::now() > deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// A client for the socket without checking it answers.
+    fn attach(socket: &Path, stop_timeout: u32) -> Result<Podman, PodmanError> {
+        let shown = socket.display().to_string();
+        let docker =
+            Docker::connect_with_unix(&shown, 300, bollard::API_DEFAULT_VERSION).map_err(|e| {
+                PodmanError::Unreachable {
+                    socket: shown.clone(),
+                    reason: reason(&e),
+                }
+            })?;
+        Ok(Podman {
+            docker,
+            socket: socket.to_path_buf(),
+            stop_timeout,
+        })
+    }
+}
+
+/// Starts `podman system service` on `socket`, in its own process group so
+/// it outlives the agent like the containers do.
+fn start_service(socket: &Path, binary: &Path) -> Result<(), PodmanError> {
+    use std::os::unix::process::CommandExt;
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| PodmanError::Other(format!("{}: {e}", dir.display())))?;
+    }
+    // A stale socket file from a dead service would make bind fail.
+    let _ = std::fs::remove_file(socket);
+    let log_path = socket.with_extension("log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| PodmanError::Other(format!("{}: {e}", log_path.display())))?;
+    let err_log = log
+        .try_clone()
+        .map_err(|e| PodmanError::Other(e.to_string()))?;
+    tracing::info!(socket = %socket.display(), "starting podman system service");
+    std::process::Command::new(binary)
+        .args(["system", "service", "--time=0"])
+        .arg(format!("unix://{}", socket.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(err_log)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| {
+            PodmanError::Other(format!(
+                "cannot run {} system service: {e}",
+                binary.display()
+            ))
+        })?;
+    Ok(())
+}
+
+impl Podman {
+    /// Checks the API answers.
+    pub async fn ping(&self) -> Result<(), PodmanError> {
+        self.docker
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(|e| PodmanError::Unreachable {
+                socket: self.socket.display().to_string(),
+                reason: reason(&e),
+            })
+    }
+
+    /// Podman's version string.
+    pub async fn version(&self) -> Result<String, PodmanError> {
+        let v = self
+            .docker
+            .version()
+            .await
+            .map_err(|e| PodmanError::Other(reason(&e)))?;
+        Ok(v.version.unwrap_or_default())
+    }
+
+    /// Whether `image` is present locally.
+    pub async fn has_image(&self, image: &str) -> Result<bool, PodmanError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(PodmanError::Pull {
+                image: image.to_string(),
+                reason: reason(&e),
+            }),
+        }
+    }
+
+    /// Pulls `image` (reference with tag or digest).
+    pub async fn pull(&self, image: &str) -> Result<(), PodmanError> {
+        let opts = CreateImageOptionsBuilder::default()
+            .from_image(image)
+            .build();
+        let mut stream = self.docker.create_image(Some(opts), None, None);
+        while let Some(item) = stream.next().await {
+            item.map_err(|e| PodmanError::Pull {
+                image: image.to_string(),
+                reason: reason(&e),
+            })?;
+        }
+        if self.has_image(image).await? {
+            Ok(())
+        } else {
+            Err(PodmanError::Pull {
+                image: image.to_string(),
+                reason: "pull finished but the image is not present".into(),
+            })
+        }
+    }
+
+    /// Pulls `image` unless present.
+    pub async fn ensure_image(&self, image: &str) -> Result<bool, PodmanError> {
+        if self.has_image(image).await? {
+            return Ok(false);
+        }
+        self.pull(image).await?;
+        Ok(true)
+    }
+
+    /// Creates a network if it does not exist.
+    pub async fn ensure_network(&self, name: &str) -> Result<(), PodmanError> {
+        match self
+            .docker
+            .inspect_network(
+                name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => {
+                let body = bollard::models::NetworkCreateRequest {
+                    name: name.to_string(),
+                    ..Default::default()
+                };
+                self.docker
+                    .create_network(body)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| PodmanError::Other(format!("network {name}: {}", reason(&e))))
+            }
+            Err(e) => Err(PodmanError::Other(format!(
+                "network {name}: {}",
+                reason(&e)
+            ))),
+        }
+    }
+
+    /// Creates (does not start) a container from `spec` under `spec.name`.
+    pub async fn create(&self, spec: &ContainerSpec) -> Result<String, PodmanError> {
+        let err = |e: BollardError| PodmanError::Container {
+            name: spec.name.clone(),
+            action: "create",
+            reason: reason(&e),
+        };
+        let mut port_bindings = HashMap::new();
+        for p in &spec.ports {
+            port_bindings.insert(
+                format!("{p}/tcp"),
+                Some(vec![PortBinding {
+                    host_ip: Some("0.0.0.0".into()),
+                    host_port: Some(p.to_string()),
+                }]),
+            );
+        }
+        let restart = restart_policy(&spec.restart);
+        let host_config = HostConfig {
+            binds: (!spec.volumes.is_empty()).then(|| spec.volumes.clone()),
+            port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+            restart_policy: Some(restart),
+            network_mode: spec.network.clone(),
+            memory: spec.memory.map(|m| m as i64),
+            nano_cpus: spec.nano_cpus,
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: (!spec.cmd.is_empty()).then(|| spec.cmd.clone()),
+            env: Some(spec.env.clone()),
+            user: spec.user.clone(),
+            labels: Some(spec.labels.clone().into_iter().collect()),
+            exposed_ports: (!spec.ports.is_empty())
+                .then(|| spec.ports.iter().map(|p| format!("{p}/tcp")).collect()),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
+        let resp = self
+            .docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(err)?;
+        Ok(resp.id)
+    }
+
+    /// Starts a container.
+    pub async fn start(&self, name: &str) -> Result<(), PodmanError> {
+        self.docker
+            .start_container(
+                name,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .or_else(|e| match e {
+                // 304: already running.
+                BollardError::DockerResponseServerError {
+                    status_code: 304, ..
+                } => Ok(()),
+                e => Err(e),
+            })
+            .map_err(|e| PodmanError::Container {
+                name: name.to_string(),
+                action: "start",
+                reason: reason(&e),
+            })
+    }
+
+    /// Stops a container (no error if already stopped or missing).
+    pub async fn stop(&self, name: &str) -> Result<(), PodmanError> {
+        let opts = StopContainerOptionsBuilder::default()
+            .t(self.stop_timeout as i32)
+            .build();
+        match self.docker.stop_container(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 304 | 404,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(PodmanError::Container {
+                name: name.to_string(),
+                action: "stop",
+                reason: reason(&e),
+            }),
+        }
+    }
+
+    /// Removes a container, stopping it first (no error if missing).
+    pub async fn remove(&self, name: &str) -> Result<(), PodmanError> {
+        self.stop(name).await?;
+        let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+        match self.docker.remove_container(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(PodmanError::Container {
+                name: name.to_string(),
+                action: "remove",
+                reason: reason(&e),
+            }),
+        }
+    }
+
+    /// Renames a container.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), PodmanError> {
+        let opts = RenameContainerOptionsBuilder::default().name(to).build();
+        self.docker
+            .rename_container(from, opts)
+            .await
+            .map_err(|e| PodmanError::Container {
+                name: from.to_string(),
+                action: "rename",
+                reason: reason(&e),
+            })
+    }
+
+    /// Inspects one container; `None` if it does not exist.
+    pub async fn inspect(&self, name: &str) -> Result<Option<Observed>, PodmanError> {
+        let r = match self
+            .docker
+            .inspect_container(
+                name,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => {
+                return Err(PodmanError::Container {
+                    name: name.to_string(),
+                    action: "inspect",
+                    reason: reason(&e),
+                });
+            }
+        };
+        let state = r.state.as_ref();
+        let status = state
+            .and_then(|s| s.status)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let started_at = state
+            .and_then(|s| s.started_at.as_deref())
+            .and_then(parse_rfc3339)
+            .unwrap_or(0);
+        let config = r.config.as_ref();
+        Ok(Some(Observed {
+            id: r.id.clone().unwrap_or_default(),
+            name: r
+                .name
+                .clone()
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string(),
+            state: status,
+            image: config.and_then(|c| c.image.clone()).unwrap_or_default(),
+            labels: config.and_then(|c| c.labels.clone()).unwrap_or_default(),
+            started_at,
+            restart_count: r.restart_count.unwrap_or(0).max(0) as u32,
+        }))
+    }
+
+    /// Every container carrying the mcp service label, by name.
+    pub async fn list_managed(&self) -> Result<HashMap<String, Observed>, PodmanError> {
+        let mut filters = HashMap::new();
+        filters.insert("label".to_string(), vec![LABEL_SERVICE.to_string()]);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| PodmanError::Other(format!("list containers: {}", reason(&e))))?;
+        let mut out = HashMap::new();
+        for c in list {
+            let name = c
+                .names
+                .as_ref()
+                .and_then(|n| n.first())
+                .map(|n| n.trim_start_matches('/').to_string())
+                .unwrap_or_default();
+            out.insert(
+                name.clone(),
+                Observed {
+                    id: c.id.unwrap_or_default(),
+                    name,
+                    state: c
+                        .state
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "unknown".into()),
+                    image: c.image.unwrap_or_default(),
+                    labels: c.labels.unwrap_or_default(),
+                    started_at: 0,
+                    restart_count: 0,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Count of all containers and of running ones (managed or not).
+    pub async fn count(&self) -> Result<(u32, u32), PodmanError> {
+        let opts = ListContainersOptionsBuilder::default().all(true).build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| PodmanError::Other(format!("list containers: {}", reason(&e))))?;
+        let running = list
+            .iter()
+            .filter(|c| c.state.map(|s| s.to_string()) == Some("running".into()))
+            .count();
+        Ok((list.len() as u32, running as u32))
+    }
+
+    /// Output of a container as a stream of (is_stderr, bytes).
+    pub fn logs(
+        &self,
+        name: &str,
+        follow: bool,
+        tail: u32,
+    ) -> impl Stream<Item = Result<(bool, bytes::Bytes), PodmanError>> + Send + 'static {
+        let tail = if tail == 0 {
+            "all".to_string()
+        } else {
+            tail.to_string()
+        };
+        let opts = LogsOptionsBuilder::default()
+            .follow(follow)
+            .stdout(true)
+            .stderr(true)
+            .tail(&tail)
+            .build();
+        let name = name.to_string();
+        self.docker
+            .logs(&name, Some(opts))
+            .map(move |item| match item {
+                Ok(bollard::container::LogOutput::StdErr { message }) => Ok((true, message)),
+                Ok(other) => Ok((false, other.into_bytes())),
+                Err(e) => Err(PodmanError::Container {
+                    name: name.clone(),
+                    action: "logs",
+                    reason: reason(&e),
+                }),
+            })
+    }
+}
+
+fn restart_policy(s: &str) -> RestartPolicy {
+    let (name, count) = match s.split_once(':') {
+        Some(("on-failure", n)) => (RestartPolicyNameEnum::ON_FAILURE, n.parse().ok()),
+        _ => (
+            match s {
+                "no" => RestartPolicyNameEnum::NO,
+                "always" => RestartPolicyNameEnum::ALWAYS,
+                "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
+                _ => RestartPolicyNameEnum::UNLESS_STOPPED,
+            },
+            None,
+        ),
+    };
+    RestartPolicy {
+        name: Some(name),
+        maximum_retry_count: count,
+    }
+}
+
+/// Parses an RFC 3339 timestamp (as podman prints) into Unix seconds.
+fn parse_rfc3339(s: &str) -> Option<i64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    let secs = t.unix_timestamp();
+    // Podman reports "0001-01-01T00:00:00Z" for never-started containers.
+    (secs > 0).then_some(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_policies() {
+        let p = restart_policy("on-failure:3");
+        assert_eq!(p.name, Some(RestartPolicyNameEnum::ON_FAILURE));
+        assert_eq!(p.maximum_retry_count, Some(3));
+        assert_eq!(
+            restart_policy("always").name,
+            Some(RestartPolicyNameEnum::ALWAYS)
+        );
+        assert_eq!(
+            restart_policy("unless-stopped").name,
+            Some(RestartPolicyNameEnum::UNLESS_STOPPED)
+        );
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:01:00Z"), Some(60));
+        assert_eq!(
+            parse_rfc3339("2024-05-01T10:00:00.123456789+02:00"),
+            Some(1714550400)
+        );
+        assert_eq!(parse_rfc3339("0001-01-01T00:00:00Z"), None);
+    }
+}

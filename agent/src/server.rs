@@ -1,0 +1,374 @@
+//! gRPC edge of the agent: converts requests, calls [`Agent`] operations,
+//! converts results. Errors map to status codes in exactly one function.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use mcp_common::proto::mcp_agent_service_server::McpAgentService;
+use mcp_common::proto::{self, LogChunk};
+use mcp_common::service::{self, ServiceDef};
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::ops::{Agent, OpError, Outcome, ServiceView};
+use crate::podman::PodmanError;
+use crate::registry::EventRecord;
+
+/// The agent's gRPC service.
+pub struct AgentService {
+    agent: Arc<Agent>,
+}
+
+impl AgentService {
+    /// Wraps the agent.
+    pub fn new(agent: Arc<Agent>) -> Self {
+        AgentService { agent }
+    }
+}
+
+fn response(outcome: Outcome, service: Option<proto::ServiceInfo>) -> proto::OperationResponse {
+    proto::OperationResponse {
+        steps: outcome
+            .steps
+            .into_iter()
+            .map(|s| proto::StepResult {
+                step: s.name.to_string(),
+                success: s.success,
+                error: s.error,
+                detail: s.detail,
+                skipped: s.skipped,
+                duration_ms: s.duration_ms,
+            })
+            .collect(),
+        service,
+        changed: outcome.changed,
+        warnings: outcome.warnings,
+    }
+}
+
+/// The one place agent errors become gRPC statuses. Failed steps travel in
+/// the status details as an encoded `OperationResponse`.
+fn status(e: OpError) -> Status {
+    let with_steps = |code, msg: String, outcome: Outcome| {
+        let details = response(outcome, None).encode_to_vec();
+        Status::with_details(code, msg, details.into())
+    };
+    match e {
+        OpError::Invalid(m) => Status::invalid_argument(m),
+        OpError::NotFound(_) => Status::not_found(e.to_string()),
+        OpError::Conflict(m) => Status::failed_precondition(m),
+        OpError::PortsExhausted { min, max, outcome } => with_steps(
+            tonic::Code::ResourceExhausted,
+            format!("no free host port in {min}-{max}"),
+            outcome,
+        ),
+        OpError::StepFailed {
+            step,
+            error,
+            outcome,
+        } => {
+            let code = if error.contains("is not answering") {
+                tonic::Code::Unavailable
+            } else {
+                tonic::Code::FailedPrecondition
+            };
+            with_steps(code, format!("{step} step failed: {error}"), outcome)
+        }
+        OpError::Podman(p @ PodmanError::Unreachable { .. }) => Status::unavailable(p.to_string()),
+        OpError::Podman(p) => Status::internal(p.to_string()),
+        OpError::Registry(r) => Status::internal(r.to_string()),
+    }
+}
+
+fn service_info(view: &ServiceView, node: &str) -> proto::ServiceInfo {
+    let rec = &view.record;
+    proto::ServiceInfo {
+        name: rec.def.name.clone(),
+        active: rec.def.active,
+        node: node.to_string(),
+        updated_at: rec.updated_at,
+        components: rec
+            .components
+            .iter()
+            .map(|c| {
+                let o = view.observed.get(&c.spec.name);
+                proto::ComponentInfo {
+                    name: c.name.clone(),
+                    container: c.spec.name.clone(),
+                    image: c.spec.image.clone(),
+                    desired_state: c.desired.as_str().to_string(),
+                    observed_state: o
+                        .map(|o| o.state.clone())
+                        .unwrap_or_else(|| "missing".into()),
+                    started_at: o.filter(|o| o.running()).map(|o| o.started_at).unwrap_or(0),
+                    version: service::image_version(&c.spec.image),
+                    container_id: o.map(|o| o.id.clone()).unwrap_or_default(),
+                    restart_count: o.map(|o| o.restart_count).unwrap_or(0),
+                }
+            })
+            .collect(),
+        routes: rec
+            .routes
+            .iter()
+            .map(|r| proto::RouteInfo {
+                component: r.component.clone(),
+                name: r.name.clone(),
+                port: r.port.into(),
+                mode: r.mode.clone(),
+                hostname: r.hostname.clone(),
+                public: r.public,
+                host_port: r.host_port.into(),
+            })
+            .collect(),
+    }
+}
+
+fn event(e: EventRecord) -> proto::Event {
+    proto::Event {
+        time: e.time,
+        service: e.service,
+        component: e.component,
+        kind: e.kind,
+        message: e.message,
+    }
+}
+
+fn component(c: &str) -> Option<&str> {
+    if c.is_empty() { None } else { Some(c) }
+}
+
+impl AgentService {
+    async fn current(&self, name: &str) -> Option<proto::ServiceInfo> {
+        self.agent
+            .status(name)
+            .await
+            .ok()
+            .map(|(view, _)| service_info(&view, self.agent.name()))
+    }
+
+    fn caller<T>(&self, req: &Request<T>) -> String {
+        mcp_common::tls::caller(req)
+            .map(|i| i.to_string())
+            .unwrap_or_default()
+    }
+}
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl McpAgentService for AgentService {
+    async fn deploy(
+        &self,
+        req: Request<proto::DeployRequest>,
+    ) -> Result<Response<proto::OperationResponse>, Status> {
+        let caller = self.caller(&req);
+        let r = req.into_inner();
+        let spec = r
+            .service
+            .ok_or_else(|| Status::invalid_argument("deploy request has no service"))?;
+        let def = ServiceDef::from(&spec);
+        let only = component(&r.component).map(str::to_string);
+        tracing::info!(service = %def.name, component = ?only, %caller, request_id = %r.request_id, "deploy");
+        let outcome = self.agent.deploy(def.clone(), only).await.map_err(status)?;
+        Ok(Response::new(response(
+            outcome,
+            self.current(&def.name).await,
+        )))
+    }
+
+    async fn stop_service(
+        &self,
+        req: Request<proto::ServiceRequest>,
+    ) -> Result<Response<proto::OperationResponse>, Status> {
+        let caller = self.caller(&req);
+        let r = req.into_inner();
+        tracing::info!(service = %r.name, %caller, request_id = %r.request_id, "stop");
+        let outcome = self
+            .agent
+            .stop(&r.name, component(&r.component))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(response(
+            outcome,
+            self.current(&r.name).await,
+        )))
+    }
+
+    async fn start_service(
+        &self,
+        req: Request<proto::ServiceRequest>,
+    ) -> Result<Response<proto::OperationResponse>, Status> {
+        let caller = self.caller(&req);
+        let r = req.into_inner();
+        tracing::info!(service = %r.name, %caller, request_id = %r.request_id, "start");
+        let outcome = self
+            .agent
+            .start(&r.name, component(&r.component))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(response(
+            outcome,
+            self.current(&r.name).await,
+        )))
+    }
+
+    async fn restart_service(
+        &self,
+        req: Request<proto::ServiceRequest>,
+    ) -> Result<Response<proto::OperationResponse>, Status> {
+        let caller = self.caller(&req);
+        let r = req.into_inner();
+        tracing::info!(service = %r.name, %caller, request_id = %r.request_id, "restart");
+        let outcome = self
+            .agent
+            .restart(&r.name, component(&r.component))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(response(
+            outcome,
+            self.current(&r.name).await,
+        )))
+    }
+
+    async fn undeploy_service(
+        &self,
+        req: Request<proto::ServiceRequest>,
+    ) -> Result<Response<proto::OperationResponse>, Status> {
+        let caller = self.caller(&req);
+        let r = req.into_inner();
+        if !r.component.is_empty() {
+            return Err(Status::invalid_argument(
+                "undeploy removes a whole service; stop a component instead",
+            ));
+        }
+        tracing::info!(service = %r.name, %caller, request_id = %r.request_id, "undeploy");
+        let outcome = self.agent.undeploy(&r.name).await.map_err(status)?;
+        Ok(Response::new(response(outcome, None)))
+    }
+
+    async fn list_services(
+        &self,
+        _req: Request<proto::ListServicesRequest>,
+    ) -> Result<Response<proto::ListServicesResponse>, Status> {
+        let views = self.agent.list().await.map_err(status)?;
+        Ok(Response::new(proto::ListServicesResponse {
+            services: views
+                .iter()
+                .map(|v| service_info(v, self.agent.name()))
+                .collect(),
+            node: self.agent.name().to_string(),
+        }))
+    }
+
+    async fn get_service_status(
+        &self,
+        req: Request<proto::ServiceRequest>,
+    ) -> Result<Response<proto::ServiceStatus>, Status> {
+        let name = req.into_inner().name;
+        let (view, events) = self.agent.status(&name).await.map_err(status)?;
+        Ok(Response::new(proto::ServiceStatus {
+            service: Some(service_info(&view, self.agent.name())),
+            events: events.into_iter().map(event).collect(),
+        }))
+    }
+
+    async fn live_check(
+        &self,
+        _req: Request<proto::LiveCheckRequest>,
+    ) -> Result<Response<proto::LiveCheckResponse>, Status> {
+        Ok(Response::new(proto::LiveCheckResponse {
+            ok: true,
+            node: self.agent.name().to_string(),
+            version: mcp_common::VERSION.to_string(),
+        }))
+    }
+
+    async fn node_status(
+        &self,
+        _req: Request<proto::NodeStatusRequest>,
+    ) -> Result<Response<proto::NodeStatusResponse>, Status> {
+        use crate::node;
+        let a = &self.agent;
+        let podman_version = a
+            .podman
+            .version()
+            .await
+            .unwrap_or_else(|e| format!("unavailable: {e}"));
+        let (containers, running) = a.podman.count().await.unwrap_or((0, 0));
+        let services = a.registry.services().map(|s| s.len()).unwrap_or(0);
+        let (mem_total, mem_avail) = node::memory();
+        let (disk_total, disk_avail) = node::disk(&a.cfg.agent.data_dir);
+        let cgroup = node::cgroup_version();
+        Ok(Response::new(proto::NodeStatusResponse {
+            name: a.name().to_string(),
+            version: mcp_common::VERSION.to_string(),
+            git_commit: mcp_common::GIT_COMMIT.to_string(),
+            arch: node::arch().to_string(),
+            uptime_seconds: a.started.elapsed().as_secs(),
+            podman_version,
+            services: services as u32,
+            containers,
+            containers_running: running,
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+            load1: node::load1(),
+            memory_total_bytes: mem_total,
+            memory_available_bytes: mem_avail,
+            disk_total_bytes: disk_total,
+            disk_available_bytes: disk_avail,
+            cgroup_version: cgroup,
+            limits_enforced: cgroup >= 2,
+            address: a.cfg.agent.address.clone(),
+        }))
+    }
+
+    type LogsStream = LogStream;
+
+    async fn logs(
+        &self,
+        req: Request<proto::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        let r = req.into_inner();
+        let rec = self
+            .agent
+            .registry
+            .service(&r.service)
+            .map_err(|e| status(e.into()))?
+            .ok_or_else(|| status(OpError::NotFound(r.service.clone())))?;
+        let targets: Vec<_> = rec
+            .components
+            .iter()
+            .filter(|c| r.component.is_empty() || c.name == r.component)
+            .collect();
+        if targets.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "service {} has no component {:?}",
+                r.service, r.component
+            )));
+        }
+        let streams: Vec<LogStream> = targets
+            .into_iter()
+            .map(|c| {
+                let name = c.name.clone();
+                let s = self
+                    .agent
+                    .podman
+                    .logs(&c.spec.name, r.follow, r.tail)
+                    .map(move |item| match item {
+                        Ok((stderr, data)) => Ok(LogChunk {
+                            component: name.clone(),
+                            data: data.to_vec(),
+                            stderr,
+                        }),
+                        Err(e) => Err(Status::unavailable(e.to_string())),
+                    });
+                Box::pin(s) as LogStream
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::select_all(
+            streams,
+        ))))
+    }
+}

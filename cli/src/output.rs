@@ -1,0 +1,431 @@
+//! Output: aligned tables for people, stable JSON for scripts.
+
+use std::io::IsTerminal;
+
+use comfy_table::{Table, presets};
+use mcp_common::config::NodeRef;
+use mcp_common::proto;
+use serde_json::{Value, json};
+
+/// Output mode.
+pub struct Out {
+    pub json: bool,
+}
+
+/// Prints a JSON value on stdout.
+pub fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("a Value always serializes")
+    );
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_style(presets::NOTHING);
+    t.set_header(header.iter().map(|h| h.to_string()));
+    t
+}
+
+fn print_table(t: &Table) {
+    // comfy-table pads the first column with one space; trim it so the
+    // table lines up with the rest of the output.
+    for line in t.to_string().lines() {
+        println!("{}", line.strip_prefix(' ').unwrap_or(line).trim_end());
+    }
+}
+
+/// "3d4h", "5m12s": time since `since` (Unix seconds).
+pub fn age(since: i64) -> String {
+    if since <= 0 {
+        return "-".into();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    duration((now - since).max(0) as u64)
+}
+
+/// Compact duration.
+pub fn duration(s: u64) -> String {
+    let (d, h, m) = (s / 86400, (s % 86400) / 3600, (s % 3600) / 60);
+    if d > 0 {
+        format!("{d}d{h}h")
+    } else if h > 0 {
+        format!("{h}h{m}m")
+    } else if m > 0 {
+        format!("{m}m{}s", s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn step_json(s: &proto::StepResult) -> Value {
+    json!({
+        "step": s.step, "success": s.success, "skipped": s.skipped,
+        "detail": s.detail, "error": s.error, "duration_ms": s.duration_ms,
+    })
+}
+
+fn component_json(c: &proto::ComponentInfo) -> Value {
+    json!({
+        "name": c.name, "container": c.container, "image": c.image, "version": c.version,
+        "desired_state": c.desired_state, "state": c.observed_state, "started_at": c.started_at,
+        "container_id": c.container_id, "restart_count": c.restart_count,
+    })
+}
+
+fn route_json(r: &proto::RouteInfo) -> Value {
+    json!({
+        "component": r.component, "name": r.name, "port": r.port, "mode": r.mode,
+        "hostname": r.hostname, "public": r.public, "host_port": r.host_port,
+    })
+}
+
+fn service_json(s: &proto::ServiceInfo) -> Value {
+    json!({
+        "name": s.name, "node": s.node, "active": s.active, "updated_at": s.updated_at,
+        "components": s.components.iter().map(component_json).collect::<Vec<_>>(),
+        "routes": s.routes.iter().map(route_json).collect::<Vec<_>>(),
+    })
+}
+
+/// Removes itself from the terminal when dropped.
+pub struct Progress {
+    shown: bool,
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if self.shown {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+impl Out {
+    /// A one-line note of long work on a terminal (nothing with --json or
+    /// when stderr is not a terminal).
+    pub fn progress(&self, msg: &str) -> Progress {
+        let shown = !self.json && std::io::stderr().is_terminal();
+        if shown {
+            eprint!("{msg}…");
+        }
+        Progress { shown }
+    }
+
+    /// Per-step results of an operation.
+    pub fn operation(&self, node: &str, r: &proto::OperationResponse, ok: bool) {
+        if self.json {
+            let v = json!({
+                "node": node, "ok": ok && r.steps.iter().all(|s| s.success), "changed": r.changed,
+                "steps": r.steps.iter().map(step_json).collect::<Vec<_>>(),
+                "warnings": r.warnings,
+                "service": r.service.as_ref().map(service_json),
+            });
+            if ok {
+                print_json(&v);
+            } else {
+                // The error goes to stderr; keep stdout for the success shape.
+                eprintln!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).expect("a Value always serializes")
+                );
+            }
+            return;
+        }
+        let mut t = table(&["STEP", "RESULT", "TIME", "DETAIL"]);
+        for s in &r.steps {
+            let result = if !s.success {
+                "FAILED"
+            } else if s.skipped {
+                "skipped"
+            } else {
+                "ok"
+            };
+            let detail = if s.success {
+                s.detail.clone()
+            } else {
+                s.error.clone()
+            };
+            t.add_row(vec![
+                s.step.clone(),
+                result.into(),
+                format!("{}ms", s.duration_ms),
+                detail,
+            ]);
+        }
+        let print = |line: String| {
+            if ok {
+                println!("{line}")
+            } else {
+                eprintln!("{line}")
+            }
+        };
+        for line in t.to_string().lines() {
+            print(
+                line.strip_prefix(' ')
+                    .unwrap_or(line)
+                    .trim_end()
+                    .to_string(),
+            );
+        }
+        for w in &r.warnings {
+            eprintln!("warning: {w}");
+        }
+        if ok && let Some(s) = &r.service {
+            for c in &s.components {
+                println!(
+                    "{}/{} on {node}: {} ({})",
+                    s.name, c.name, c.observed_state, c.image
+                );
+            }
+            for route in &s.routes {
+                let name = if route.name.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", route.name)
+                };
+                println!(
+                    "  route {}{name}: port {} → host port {}",
+                    route.component, route.port, route.host_port
+                );
+            }
+        }
+    }
+
+    /// `mcp ps`: SERVICE COMPONENT NODE STATE VERSION UPTIME.
+    pub fn ps(&self, listed: &[(String, Result<proto::ListServicesResponse, String>)]) {
+        if self.json {
+            let mut rows = Vec::new();
+            let mut unreachable = Vec::new();
+            for (node, r) in listed {
+                match r {
+                    Ok(l) => rows.extend(l.services.iter().flat_map(|s| {
+                        s.components.iter().map(move |c| {
+                            json!({
+                                "service": s.name, "component": c.name, "node": node,
+                                "state": c.observed_state, "desired_state": c.desired_state,
+                                "version": c.version, "image": c.image, "started_at": c.started_at,
+                            })
+                        })
+                    })),
+                    Err(e) => unreachable.push(json!({"node": node, "error": e})),
+                }
+            }
+            print_json(&json!({"containers": rows, "unreachable": unreachable}));
+            return;
+        }
+        let mut t = table(&["SERVICE", "COMPONENT", "NODE", "STATE", "VERSION", "UPTIME"]);
+        for (node, r) in listed {
+            match r {
+                Ok(l) => {
+                    for s in &l.services {
+                        for c in &s.components {
+                            let state = if c.desired_state != "running"
+                                && c.observed_state != "running"
+                            {
+                                format!("{} ({})", c.observed_state, c.desired_state)
+                            } else if c.desired_state == "running" && c.observed_state != "running"
+                            {
+                                format!("{} (want running)", c.observed_state)
+                            } else {
+                                c.observed_state.clone()
+                            };
+                            t.add_row(vec![
+                                s.name.clone(),
+                                c.name.clone(),
+                                node.clone(),
+                                state,
+                                c.version.clone(),
+                                age(c.started_at),
+                            ]);
+                        }
+                    }
+                }
+                Err(_) => {
+                    t.add_row(vec![
+                        "-".into(),
+                        "-".into(),
+                        node.clone(),
+                        "unreachable".into(),
+                        "-".into(),
+                        "-".into(),
+                    ]);
+                }
+            }
+        }
+        print_table(&t);
+        for (node, r) in listed {
+            if let Err(e) = r {
+                eprintln!("warning: node {node} unreachable: {e}");
+            }
+        }
+    }
+
+    /// `mcp status <svc>`.
+    pub fn status(&self, node: &str, st: &proto::ServiceStatus) {
+        let Some(s) = &st.service else { return };
+        if self.json {
+            let mut v = service_json(s);
+            v["events"] = st
+                .events
+                .iter()
+                .map(|e| json!({"time_ms": e.time, "component": e.component, "kind": e.kind, "message": e.message}))
+                .collect();
+            print_json(&v);
+            return;
+        }
+        println!(
+            "service {}  node {node}  active {}",
+            s.name,
+            if s.active { "yes" } else { "no" }
+        );
+        println!();
+        let mut t = table(&[
+            "COMPONENT",
+            "CONTAINER",
+            "IMAGE",
+            "DESIRED",
+            "STATE",
+            "UPTIME",
+            "RESTARTS",
+        ]);
+        for c in &s.components {
+            t.add_row(vec![
+                c.name.clone(),
+                c.container.clone(),
+                c.image.clone(),
+                c.desired_state.clone(),
+                c.observed_state.clone(),
+                age(c.started_at),
+                c.restart_count.to_string(),
+            ]);
+        }
+        print_table(&t);
+        if !s.routes.is_empty() {
+            println!();
+            let mut t = table(&[
+                "COMPONENT",
+                "ROUTE",
+                "PORT",
+                "MODE",
+                "HOSTNAME",
+                "HOST PORT",
+                "PUBLIC",
+            ]);
+            for r in &s.routes {
+                t.add_row(vec![
+                    r.component.clone(),
+                    if r.name.is_empty() {
+                        "-".into()
+                    } else {
+                        r.name.clone()
+                    },
+                    r.port.to_string(),
+                    r.mode.clone(),
+                    r.hostname.clone(),
+                    r.host_port.to_string(),
+                    if r.public { "yes".into() } else { "no".into() },
+                ]);
+            }
+            print_table(&t);
+        }
+        if !st.events.is_empty() {
+            println!();
+            let mut t = table(&["AGE", "COMPONENT", "EVENT", "MESSAGE"]);
+            for e in &st.events {
+                t.add_row(vec![
+                    age(e.time / 1000),
+                    if e.component.is_empty() {
+                        "-".into()
+                    } else {
+                        e.component.clone()
+                    },
+                    e.kind.clone(),
+                    e.message.clone(),
+                ]);
+            }
+            print_table(&t);
+        }
+    }
+
+    /// `mcp node list` in direct mode.
+    pub fn nodes(&self, results: &[(NodeRef, Result<proto::NodeStatusResponse, String>)]) {
+        if self.json {
+            let rows: Vec<Value> = results
+                .iter()
+                .map(|(n, r)| match r {
+                    Ok(s) => json!({
+                        "name": n.name, "address": n.address.list(), "status": "reachable",
+                        "version": s.version, "commit": s.git_commit, "arch": s.arch,
+                        "uptime_seconds": s.uptime_seconds, "podman": s.podman_version,
+                        "services": s.services, "containers": s.containers, "containers_running": s.containers_running,
+                        "cpus": s.cpus, "load1": s.load1,
+                        "memory_total_bytes": s.memory_total_bytes, "memory_available_bytes": s.memory_available_bytes,
+                        "disk_total_bytes": s.disk_total_bytes, "disk_available_bytes": s.disk_available_bytes,
+                        "cgroup_version": s.cgroup_version, "limits_enforced": s.limits_enforced,
+                    }),
+                    Err(e) => json!({"name": n.name, "address": n.address.list(), "status": "unreachable", "error": e}),
+                })
+                .collect();
+            print_json(&json!({ "nodes": rows }));
+            return;
+        }
+        let mut t = table(&[
+            "NAME",
+            "ADDRESS",
+            "VERSION",
+            "STATUS",
+            "ARCH",
+            "UPTIME",
+            "CONTAINERS",
+            "PODMAN",
+        ]);
+        for (n, r) in results {
+            let addr = n.address.list().join(",");
+            match r {
+                Ok(s) => t.add_row(vec![
+                    n.name.clone(),
+                    addr,
+                    s.version.clone(),
+                    "reachable".into(),
+                    s.arch.clone(),
+                    duration(s.uptime_seconds),
+                    format!("{}/{}", s.containers_running, s.containers),
+                    s.podman_version.clone(),
+                ]),
+                Err(_) => t.add_row(vec![
+                    n.name.clone(),
+                    addr,
+                    "-".into(),
+                    "unreachable".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                ]),
+            };
+        }
+        print_table(&t);
+        for (n, r) in results {
+            if let Err(e) = r {
+                eprintln!("warning: node {} unreachable: {e}", n.name);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration(5), "5s");
+        assert_eq!(duration(125), "2m5s");
+        assert_eq!(duration(3 * 3600 + 120), "3h2m");
+        assert_eq!(duration(2 * 86400 + 3600), "2d1h");
+    }
+}
