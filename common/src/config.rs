@@ -439,4 +439,63 @@ mod tests {
             "nodes[0].arch"
         );
     }
+
+    fn keys(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    keys(&p, v, out);
+                }
+            }
+            toml::Value::Array(a) if a.first().is_some_and(toml::Value::is_table) => keys(&format!("{prefix}[]"), &a[0], out),
+            _ => out.push(prefix.to_string()),
+        }
+    }
+
+    #[test]
+    fn docs_cover_every_key() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md")).unwrap();
+        let agent = AgentConfig {
+            agent: AgentSection {
+                name: "n".into(),
+                listen: default_agent_listen(),
+                address: default_node_address(),
+                data_dir: default_data_dir(),
+            },
+            tls: TlsFiles {
+                cert: "/c".into(),
+                key: "/k".into(),
+                ca: "/a".into(),
+            },
+            podman: PodmanSection {
+                socket: Some("/s".into()),
+                ..Default::default()
+            },
+            ports: PortsSection::default(),
+            log: LogSection::default(),
+        };
+        let cli = CliConfig {
+            master: Some(MasterRef { address: "m:1".into() }),
+            auth: AuthSection {
+                cert: Some("/c".into()),
+                key: Some("/k".into()),
+                ca: Some("/a".into()),
+                token_path: Some("/t".into()),
+            },
+            services: ServicesSection::default(),
+            nodes: vec![NodeRef {
+                name: "n".into(),
+                address: Addresses::One("a:1".into()),
+                ssh: Some("s".into()),
+                arch: Some("amd64".into()),
+            }],
+        };
+        let mut all = Vec::new();
+        keys("", &toml::Value::try_from(&agent).unwrap(), &mut all);
+        keys("", &toml::Value::try_from(&cli).unwrap(), &mut all);
+        let missing: Vec<_> = all.iter().filter(|k| !doc.contains(&format!("`{k}`"))).collect();
+        assert!(missing.is_empty(), "docs/configuration.md misses {missing:?}");
+        assert!(all.len() > 20, "{all:?}");
+    }
 }
