@@ -132,10 +132,7 @@ fn issue(a: IssueArgs) -> Result<()> {
 
 fn init(config: &Path, a: InitArgs) -> Result<()> {
     mcp_common::service::check_name(&a.name).map_err(|r| anyhow::anyhow!("--name: {r}"))?;
-    let listen = a
-        .listen
-        .parse()
-        .with_context(|| format!("--listen {:?}", a.listen))?;
+    let listen = a.listen.parse().with_context(|| format!("--listen {:?}", a.listen))?;
     let ca_dir = a.ca_dir.clone().unwrap_or_else(|| a.data_dir.join("ca"));
     let tls_dir = a.data_dir.join("tls");
     let ca = Ca::load_or_create(&ca_dir, "mcp")?;
@@ -222,11 +219,7 @@ fn run(config: &Path) -> Result<()> {
 async fn serve(cfg: AgentConfig) -> Result<()> {
     let tls = mcp_common::tls::server_config(&cfg.tls)?;
     let registry = Registry::open(&cfg.registry_path())?;
-    let socket = cfg
-        .podman
-        .socket
-        .clone()
-        .unwrap_or_else(podman::default_socket);
+    let socket = cfg.podman.socket.clone().unwrap_or_else(podman::default_socket);
     let podman = Podman::connect(
         &socket,
         cfg.podman.start_service,
@@ -239,7 +232,7 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.agent.listen)
         .await
         .with_context(|| format!("listen on {}", cfg.agent.listen))?;
-    let agent = Arc::new(Agent::new(cfg.clone(), registry, podman));
+    let agent = Arc::new(Agent::new(cfg.clone(), registry, podman, version));
     if let Err(e) = agent.repair_interrupted().await {
         tracing::warn!(error = %e, "could not check for interrupted deploys");
     }
@@ -250,9 +243,7 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
         commit = mcp_common::GIT_COMMIT,
         "mcp-agent serving"
     );
-    let svc = mcp_common::proto::mcp_agent_service_server::McpAgentServiceServer::new(
-        AgentService::new(agent),
-    );
+    let svc = mcp_common::proto::mcp_agent_service_server::McpAgentServiceServer::new(AgentService::new(agent));
     tonic::transport::Server::builder()
         .layer(mcp_common::tls::AuthzLayer)
         .add_service(svc)

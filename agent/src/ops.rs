@@ -11,9 +11,7 @@ use mcp_common::service::{self, DEFAULT_ZONE, RouteMode, ServiceDef};
 
 use crate::plan::{self, Action, Seen};
 use crate::podman::{LABEL_HASH, LABEL_SERVICE, Observed, Podman, PodmanError};
-use crate::registry::{
-    ComponentRecord, Desired, EventRecord, Registry, RegistryError, RouteRecord, ServiceRecord,
-};
+use crate::registry::{ComponentRecord, Desired, EventRecord, Registry, RegistryError, RouteRecord, ServiceRecord};
 use crate::spec::ContainerSpec;
 
 /// Pipeline step names, in deploy order.
@@ -43,6 +41,8 @@ pub struct Outcome {
     pub steps: Vec<Step>,
     pub changed: bool,
     pub warnings: Vec<String>,
+    /// State after the operation, when the operation already knows it.
+    pub view: Option<ServiceView>,
 }
 
 impl Outcome {
@@ -50,14 +50,7 @@ impl Outcome {
         self.push(name, started, true, false, detail.into(), String::new());
     }
     fn skip(&mut self, name: &'static str, detail: impl Into<String>) {
-        self.push(
-            name,
-            Instant::now(),
-            true,
-            true,
-            detail.into(),
-            String::new(),
-        );
+        self.push(name, Instant::now(), true, true, detail.into(), String::new());
     }
     fn fail(&mut self, name: &'static str, started: Instant, error: impl Into<String>) {
         self.push(name, started, false, false, String::new(), error.into());
@@ -106,11 +99,7 @@ pub enum OpError {
         outcome: Outcome,
     },
     #[error("no free host port in {min}-{max}")]
-    PortsExhausted {
-        min: u16,
-        max: u16,
-        outcome: Outcome,
-    },
+    PortsExhausted { min: u16, max: u16, outcome: Outcome },
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]
@@ -119,10 +108,7 @@ pub enum OpError {
 
 impl OpError {
     fn from_outcome(outcome: Outcome) -> OpError {
-        let failed = outcome
-            .failed()
-            .cloned()
-            .expect("called with a failed step");
+        let failed = outcome.failed().cloned().expect("called with a failed step");
         OpError::StepFailed {
             step: failed.name,
             error: failed.error,
@@ -148,6 +134,8 @@ pub struct Agent {
     pub registry: Registry,
     pub podman: Podman,
     pub started: Instant,
+    /// podman's version, read once at start (its /version call is slow).
+    pub podman_version: String,
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Host ports handed out by deploys still in flight.
     reserved: std::sync::Mutex<HashSet<u16>>,
@@ -155,11 +143,12 @@ pub struct Agent {
 
 impl Agent {
     /// Assembles the agent.
-    pub fn new(cfg: AgentConfig, registry: Registry, podman: Podman) -> Agent {
+    pub fn new(cfg: AgentConfig, registry: Registry, podman: Podman, podman_version: String) -> Agent {
         Agent {
             cfg,
             registry,
             podman,
+            podman_version,
             started: Instant::now(),
             locks: Default::default(),
             reserved: Default::default(),
@@ -181,6 +170,7 @@ impl Agent {
 
     /// Runs the deploy pipeline for `def` (all components, or `only`).
     pub async fn deploy(&self, def: ServiceDef, only: Option<String>) -> Result<Outcome, OpError> {
+        let begun = Instant::now();
         service::check("deploy request", &def).map_err(|e| OpError::Invalid(e.to_string()))?;
         if let Some(node) = &def.node
             && node != self.name()
@@ -194,10 +184,7 @@ impl Agent {
         if let Some(c) = &only
             && def.component(c).is_none()
         {
-            return Err(OpError::Invalid(format!(
-                "service {} has no component {c:?}",
-                def.name
-            )));
+            return Err(OpError::Invalid(format!("service {} has no component {c:?}", def.name)));
         }
         for c in &def.components {
             let container = def.container_name(&c.name);
@@ -221,11 +208,7 @@ impl Agent {
             Err(e) => {
                 out.fail(step::PORTS, t, e.to_string());
                 return Err(match e {
-                    OpError::PortsExhausted { min, max, .. } => OpError::PortsExhausted {
-                        min,
-                        max,
-                        outcome: out,
-                    },
+                    OpError::PortsExhausted { min, max, .. } => OpError::PortsExhausted { min, max, outcome: out },
                     _ => OpError::from_outcome(out),
                 });
             }
@@ -268,19 +251,12 @@ impl Agent {
             .map(|c| {
                 let empty = BTreeMap::new();
                 let p = ports.all.get(&c.name).unwrap_or(&empty);
-                (
-                    c.name.clone(),
-                    ContainerSpec::build(&def, c, p, self.name()),
-                )
+                (c.name.clone(), ContainerSpec::build(&def, c, p, self.name()))
             })
             .collect();
         let recorded: BTreeMap<String, ContainerSpec> = old
             .iter()
-            .flat_map(|o| {
-                o.components
-                    .iter()
-                    .map(|c| (c.name.clone(), c.spec.clone()))
-            })
+            .flat_map(|o| o.components.iter().map(|c| (c.name.clone(), c.spec.clone())))
             .collect();
         let dropped: Vec<(String, String)> = match (&old, &only) {
             (Some(o), None) => o
@@ -313,14 +289,13 @@ impl Agent {
             return Ok(out);
         }
         let mut undo = Vec::new();
-        match self.apply(&actions, &mut undo, &mut out.warnings).await {
+        let mut observed = HashMap::new();
+        match self.apply(&actions, &mut undo, &mut out.warnings, &mut observed).await {
             Ok(summary) => out.ok(step::CONTAINERS, t, summary),
             Err(e) => {
                 let rolled = self.rollback(undo).await;
                 out.fail(step::CONTAINERS, t, format!("{e}; {rolled}"));
-                let _ = self
-                    .registry
-                    .event(&def.name, "", "deploy-failed", &e.to_string());
+                let _ = self.registry.event(&def.name, "", "deploy-failed", &e.to_string());
                 return Err(OpError::from_outcome(out));
             }
         }
@@ -340,7 +315,7 @@ impl Agent {
         // 6. Registry.
         let t = Instant::now();
         let record = self
-            .record_for(&def, old.as_ref(), &wanted, &ports, &only)
+            .record_for(&def, old.as_ref(), &wanted, &ports, &only, &mut observed)
             .await;
         let summary = actions
             .iter()
@@ -348,11 +323,7 @@ impl Agent {
             .map(describe)
             .collect::<Vec<_>>()
             .join(", ");
-        let kind = if old.is_some() {
-            "redeployed"
-        } else {
-            "deployed"
-        };
+        let kind = if old.is_some() { "redeployed" } else { "deployed" };
         if let Err(e) = self.registry.save(&record, (kind, &summary)) {
             let rolled = self.rollback(undo).await;
             out.fail(step::REGISTRY, t, format!("{e}; {rolled}"));
@@ -372,17 +343,19 @@ impl Agent {
             ),
         );
         out.changed = true;
-        tracing::info!(service = %def.name, %summary, "{kind}");
+        tracing::info!(service = %def.name, %summary, ms = begun.elapsed().as_millis() as u64, "{kind}");
+        let mut record = record;
+        record.updated_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        out.view = Some(ServiceView { record, observed });
         Ok(out)
     }
 
     /// Host ports per component and route: kept from the registry, new
     /// ones picked free both in the registry and on the host.
-    fn assign_ports(
-        &self,
-        def: &ServiceDef,
-        old: Option<&ServiceRecord>,
-    ) -> Result<Ports, OpError> {
+    fn assign_ports(&self, def: &ServiceDef, old: Option<&ServiceRecord>) -> Result<Ports, OpError> {
         let mut used = self.registry.used_ports()?;
         let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
         used.extend(reserved.iter().copied());
@@ -399,12 +372,13 @@ impl Agent {
                     Some(p) => p,
                     None => {
                         let (min, max) = (self.cfg.ports.min, self.cfg.ports.max);
-                        let p = crate::ports::choose(min, max, &used, crate::ports::free_on_host)
-                            .ok_or(OpError::PortsExhausted {
-                            min,
-                            max,
-                            outcome: Outcome::default(),
-                        })?;
+                        let p = crate::ports::choose(min, max, &used, crate::ports::free_on_host).ok_or(
+                            OpError::PortsExhausted {
+                                min,
+                                max,
+                                outcome: Outcome::default(),
+                            },
+                        )?;
                         used.insert(p);
                         ports.fresh.push(p);
                         p
@@ -450,6 +424,7 @@ impl Agent {
         actions: &[Action],
         undo: &mut Vec<Undo>,
         warnings: &mut Vec<String>,
+        observed: &mut HashMap<String, Observed>,
     ) -> Result<String, PodmanError> {
         let mut pulled = Vec::new();
         for a in actions {
@@ -477,7 +452,7 @@ impl Agent {
                 Action::Start { spec, .. } => {
                     self.podman.start(&spec.name).await?;
                     undo.push(Undo::Stop(spec.name.clone()));
-                    self.check_running(&spec.name).await?;
+                    observed.insert(spec.name.clone(), self.check_running(&spec.name).await?);
                 }
                 Action::Stop { container, .. } => {
                     self.podman.stop(container).await?;
@@ -487,15 +462,11 @@ impl Agent {
                     self.podman.create(&spec.with_hash_label()).await?;
                     undo.push(Undo::Remove(spec.name.clone()));
                     self.podman.start(&spec.name).await?;
-                    self.check_running(&spec.name).await?;
+                    observed.insert(spec.name.clone(), self.check_running(&spec.name).await?);
                 }
                 Action::Replace { spec, .. } => {
                     let prev = format!("{}{PREV_SUFFIX}", spec.name);
-                    let was_running = self
-                        .podman
-                        .inspect(&spec.name)
-                        .await?
-                        .is_some_and(|o| o.running());
+                    let was_running = self.podman.inspect(&spec.name).await?.is_some_and(|o| o.running());
                     self.podman.remove(&prev).await?;
                     self.podman.stop(&spec.name).await?;
                     self.podman.rename(&spec.name, &prev).await?;
@@ -506,15 +477,11 @@ impl Agent {
                     });
                     self.podman.create(&spec.with_hash_label()).await?;
                     self.podman.start(&spec.name).await?;
-                    self.check_running(&spec.name).await?;
+                    observed.insert(spec.name.clone(), self.check_running(&spec.name).await?);
                 }
             }
         }
-        let changed: Vec<String> = actions
-            .iter()
-            .filter(|a| a.changes_something())
-            .map(describe)
-            .collect();
+        let changed: Vec<String> = actions.iter().filter(|a| a.changes_something()).map(describe).collect();
         let mut summary = if changed.is_empty() {
             "unchanged".to_string()
         } else {
@@ -527,9 +494,9 @@ impl Agent {
     }
 
     /// A container that exits at once is a failed start, not a success.
-    async fn check_running(&self, name: &str) -> Result<(), PodmanError> {
+    async fn check_running(&self, name: &str) -> Result<Observed, PodmanError> {
         match self.podman.inspect(name).await? {
-            Some(o) if o.running() => Ok(()),
+            Some(o) if o.running() => Ok(o),
             Some(o) => Err(PodmanError::Container {
                 name: name.to_string(),
                 action: "start",
@@ -609,12 +576,9 @@ impl Agent {
         wanted: &[(String, ContainerSpec)],
         ports: &Ports,
         only: &Option<String>,
+        observed: &mut HashMap<String, Observed>,
     ) -> ServiceRecord {
-        let desired = if def.active {
-            Desired::Running
-        } else {
-            Desired::Stopped
-        };
+        let desired = if def.active { Desired::Running } else { Desired::Stopped };
         let mut components = Vec::new();
         let mut routes = Vec::new();
         for c in &def.components {
@@ -634,25 +598,22 @@ impl Agent {
                     }
                     None => {
                         let empty = BTreeMap::new();
-                        ContainerSpec::build(
-                            def,
-                            c,
-                            ports.all.get(&c.name).unwrap_or(&empty),
-                            self.name(),
-                        )
+                        ContainerSpec::build(def, c, ports.all.get(&c.name).unwrap_or(&empty), self.name())
                     }
                 },
             };
-            let observed = self.podman.inspect(&spec.name).await.ok().flatten();
+            if !observed.contains_key(&spec.name)
+                && let Ok(Some(o)) = self.podman.inspect(&spec.name).await
+            {
+                observed.insert(spec.name.clone(), o);
+            }
+            let seen = observed.get(&spec.name);
             let in_scope = only.as_deref().is_none_or(|o| o == c.name);
             components.push(ComponentRecord {
                 name: c.name.clone(),
                 desired: if in_scope { desired } else { Desired::Stopped },
-                observed: observed
-                    .as_ref()
-                    .map(|o| o.state.clone())
-                    .unwrap_or_else(|| "missing".into()),
-                container_id: observed.map(|o| o.id).unwrap_or_default(),
+                observed: seen.map(|o| o.state.clone()).unwrap_or_else(|| "missing".into()),
+                container_id: seen.map(|o| o.id.clone()).unwrap_or_default(),
                 spec,
             });
             for r in &c.routes {
@@ -697,20 +658,12 @@ impl Agent {
             }
             stopped.push(c.spec.name.clone());
         }
-        out.ok(
-            step::CONTAINERS,
-            t,
-            format!("stopped {}", stopped.join(", ")),
-        );
+        out.ok(step::CONTAINERS, t, format!("stopped {}", stopped.join(", ")));
         let t = Instant::now();
         let names: Vec<String> = targets.iter().map(|c| c.name.clone()).collect();
         let scope = only.map(|o| format!(" component {o}")).unwrap_or_default();
-        self.registry.set_desired(
-            name,
-            &names,
-            Desired::Stopped,
-            ("stopped", &format!("stopped{scope}")),
-        )?;
+        self.registry
+            .set_desired(name, &names, Desired::Stopped, ("stopped", &format!("stopped{scope}")))?;
         self.refresh_observed(&rec).await;
         out.ok(step::REGISTRY, t, "desired state: stopped");
         out.changed = true;
@@ -741,14 +694,9 @@ impl Agent {
             "no certificate authority is configured on this node",
         );
         let t = Instant::now();
-        let wanted: Vec<(String, ContainerSpec)> = targets
-            .iter()
-            .map(|c| (c.name.clone(), c.spec.clone()))
-            .collect();
+        let wanted: Vec<(String, ContainerSpec)> = targets.iter().map(|c| (c.name.clone(), c.spec.clone())).collect();
         let recorded: BTreeMap<String, ContainerSpec> = wanted.iter().cloned().collect();
-        let seen = self
-            .seen(name, wanted.iter().map(|(_, s)| s.name.as_str()))
-            .await?;
+        let seen = self.seen(name, wanted.iter().map(|(_, s)| s.name.as_str())).await?;
         let actions = match plan::plan(&recorded, &wanted, &seen, true, &[]) {
             Ok(a) => a,
             Err(e) => {
@@ -758,7 +706,8 @@ impl Agent {
         };
         let mut undo = Vec::new();
         let mut warnings = Vec::new();
-        match self.apply(&actions, &mut undo, &mut warnings).await {
+        let mut observed = HashMap::new();
+        match self.apply(&actions, &mut undo, &mut warnings, &mut observed).await {
             Ok(summary) => out.ok(step::CONTAINERS, t, summary),
             Err(e) => {
                 let rolled = self.rollback(undo).await;
@@ -773,12 +722,8 @@ impl Agent {
         let t = Instant::now();
         let names: Vec<String> = targets.iter().map(|c| c.name.clone()).collect();
         let scope = only.map(|o| format!(" component {o}")).unwrap_or_default();
-        self.registry.set_desired(
-            name,
-            &names,
-            Desired::Running,
-            ("started", &format!("started{scope}")),
-        )?;
+        self.registry
+            .set_desired(name, &names, Desired::Running, ("started", &format!("started{scope}")))?;
         self.refresh_observed(&rec).await;
         out.ok(step::REGISTRY, t, "desired state: running");
         out.changed = true;
@@ -815,22 +760,12 @@ impl Agent {
             }
             removed.push(c.spec.name.clone());
         }
-        out.ok(
-            step::CONTAINERS,
-            t,
-            format!("removed {}", removed.join(", ")),
-        );
+        out.ok(step::CONTAINERS, t, format!("removed {}", removed.join(", ")));
         out.skip(step::CERTIFICATES, "no certificates were issued");
         let t = Instant::now();
-        self.registry.delete(
-            name,
-            ("undeployed", &format!("removed {}", removed.join(", "))),
-        )?;
-        out.ok(
-            step::PORTS,
-            t,
-            format!("released {} host ports", rec.routes.len()),
-        );
+        self.registry
+            .delete(name, ("undeployed", &format!("removed {}", removed.join(", "))))?;
+        out.ok(step::PORTS, t, format!("released {} host ports", rec.routes.len()));
         out.ok(step::REGISTRY, t, "service removed");
         out.changed = true;
         tracing::info!(service = name, "undeployed");
@@ -843,9 +778,7 @@ impl Agent {
                 let (state, id) = o
                     .map(|o| (o.state, o.id))
                     .unwrap_or_else(|| ("missing".into(), String::new()));
-                let _ = self
-                    .registry
-                    .set_observed(&rec.def.name, &c.name, &state, &id);
+                let _ = self.registry.set_observed(&rec.def.name, &c.name, &state, &id);
             }
         }
     }
@@ -860,10 +793,7 @@ impl Agent {
             for c in &record.components {
                 if let Some(o) = listed.get(&c.spec.name) {
                     let full = if o.running() {
-                        self.podman
-                            .inspect(&c.spec.name)
-                            .await?
-                            .unwrap_or_else(|| o.clone())
+                        self.podman.inspect(&c.spec.name).await?.unwrap_or_else(|| o.clone())
                     } else {
                         o.clone()
                     };
@@ -925,15 +855,13 @@ impl Agent {
 }
 
 /// The recorded components an operation targets.
-fn select<'a>(
-    rec: &'a ServiceRecord,
-    only: Option<&str>,
-) -> Result<Vec<&'a ComponentRecord>, OpError> {
+fn select<'a>(rec: &'a ServiceRecord, only: Option<&str>) -> Result<Vec<&'a ComponentRecord>, OpError> {
     match only {
         None => Ok(rec.components.iter().collect()),
-        Some(o) => rec.component(o).map(|c| vec![c]).ok_or_else(|| {
-            OpError::Invalid(format!("service {} has no component {o:?}", rec.def.name))
-        }),
+        Some(o) => rec
+            .component(o)
+            .map(|c| vec![c])
+            .ok_or_else(|| OpError::Invalid(format!("service {} has no component {o:?}", rec.def.name))),
     }
 }
 
@@ -942,9 +870,7 @@ fn describe(a: &Action) -> String {
         Action::Keep { component } => format!("{component} unchanged"),
         Action::Start { component, .. } => format!("{component} started"),
         Action::Create { component, .. } => format!("{component} created"),
-        Action::Replace {
-            component, changed, ..
-        } => format!("{component} recreated ({} changed)", changed.join(", ")),
+        Action::Replace { component, changed, .. } => format!("{component} recreated ({} changed)", changed.join(", ")),
         Action::Stop { component, .. } => format!("{component} stopped (inactive)"),
         Action::Remove { component, .. } => format!("{component} removed"),
     }
@@ -984,11 +910,7 @@ struct Reservation<'a> {
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        let mut r = self
-            .agent
-            .reserved
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut r = self.agent.reserved.lock().unwrap_or_else(|p| p.into_inner());
         for p in &self.ports {
             r.remove(p);
         }

@@ -22,15 +22,9 @@ pub enum Action {
     /// Same spec, running: nothing to do.
     Keep { component: String },
     /// Same spec, container present but not running.
-    Start {
-        component: String,
-        spec: ContainerSpec,
-    },
+    Start { component: String, spec: ContainerSpec },
     /// No container yet (new component, or container lost).
-    Create {
-        component: String,
-        spec: ContainerSpec,
-    },
+    Create { component: String, spec: ContainerSpec },
     /// Spec changed: replace the container, keeping the old one until the
     /// new one runs. `changed` lists the differing fields.
     Replace {
@@ -39,15 +33,9 @@ pub enum Action {
         changed: Vec<&'static str>,
     },
     /// Inactive service: stop the container, keep it.
-    Stop {
-        component: String,
-        container: String,
-    },
+    Stop { component: String, container: String },
     /// Component no longer defined: remove its container at the end.
-    Remove {
-        component: String,
-        container: String,
-    },
+    Remove { component: String, container: String },
 }
 
 impl Action {
@@ -72,9 +60,7 @@ impl Action {
 /// Why planning refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
-    #[error(
-        "container {0} exists but was not created by mcp for this service; remove or adopt it first"
-    )]
+    #[error("container {0} exists but was not created by mcp for this service; remove or adopt it first")]
     Foreign(String),
 }
 
@@ -211,8 +197,7 @@ mod tests {
         let a1 = spec("s-a", "img:v1");
         let a2 = spec("s-a", "img:v2");
         let b1 = spec("s-b", "img:v1");
-        let recorded =
-            BTreeMap::from([("a".to_string(), a1.clone()), ("b".to_string(), b1.clone())]);
+        let recorded = BTreeMap::from([("a".to_string(), a1.clone()), ("b".to_string(), b1.clone())]);
         let wanted = vec![("a".to_string(), a1.clone()), ("b".to_string(), b1.clone())];
         let cases: Vec<(
             &str,
@@ -283,9 +268,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert!(
-            matches!(&replaced[0], Action::Replace { changed, .. } if changed == &vec!["image"])
-        );
+        assert!(matches!(&replaced[0], Action::Replace { changed, .. } if changed == &vec!["image"]));
     }
 
     #[test]

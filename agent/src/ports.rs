@@ -10,8 +10,7 @@ pub fn choose(min: u16, max: u16, used: &HashSet<u16>, free: impl Fn(u16) -> boo
 
 /// Whether nothing on the host holds `port` (TCP, any address).
 pub fn free_on_host(port: u16) -> bool {
-    std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
-        && std::net::TcpListener::bind(("::", port)).is_ok()
+    std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() && std::net::TcpListener::bind(("::", port)).is_ok()
 }
 
 #[cfg(test)]

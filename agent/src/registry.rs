@@ -266,7 +266,16 @@ impl Registry {
             tx.execute(
                 "INSERT INTO routes (service, component, name, port, mode, hostname, public, host_port)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![rec.def.name, r.component, r.name, r.port, r.mode, r.hostname, r.public, r.host_port],
+                params![
+                    rec.def.name,
+                    r.component,
+                    r.name,
+                    r.port,
+                    r.mode,
+                    r.hostname,
+                    r.public,
+                    r.host_port
+                ],
             )?;
         }
         insert_event(&tx, &rec.def.name, "", event.0, event.1)?;
@@ -309,13 +318,7 @@ impl Registry {
     }
 
     /// Records what podman reported for a component.
-    pub fn set_observed(
-        &self,
-        service: &str,
-        component: &str,
-        observed: &str,
-        container_id: &str,
-    ) -> Result<()> {
+    pub fn set_observed(&self, service: &str, component: &str, observed: &str, container_id: &str) -> Result<()> {
         self.conn().execute(
             "UPDATE components SET observed_state = ?3, container_id = ?4 WHERE service = ?1 AND name = ?2",
             params![service, component, observed, container_id],
@@ -363,13 +366,7 @@ impl Registry {
     }
 }
 
-fn insert_event(
-    conn: &Connection,
-    service: &str,
-    component: &str,
-    kind: &str,
-    message: &str,
-) -> rusqlite::Result<()> {
+fn insert_event(conn: &Connection, service: &str, component: &str, kind: &str, message: &str) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT INTO events (service, component, time, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![service, component, now_ms(), kind, message],
@@ -394,9 +391,8 @@ fn load_service(conn: &Connection, name: &str) -> Result<Option<ServiceRecord>> 
     };
     let def: ServiceDef = serde_json::from_str(&definition).map_err(|e| corrupt(e.to_string()))?;
     let mut components = Vec::new();
-    let mut stmt = conn.prepare(
-        "SELECT name, spec, desired_state, observed_state, container_id FROM components WHERE service = ?1",
-    )?;
+    let mut stmt = conn
+        .prepare("SELECT name, spec, desired_state, observed_state, container_id FROM components WHERE service = ?1")?;
     let rows = stmt.query_map([name], |r| {
         Ok((
             r.get::<_, String>(0)?,
@@ -408,8 +404,7 @@ fn load_service(conn: &Connection, name: &str) -> Result<Option<ServiceRecord>> 
     })?;
     for row in rows {
         let (cname, spec, desired, observed, container_id) = row?;
-        let spec: ContainerSpec =
-            serde_json::from_str(&spec).map_err(|e| corrupt(format!("{cname}: {e}")))?;
+        let spec: ContainerSpec = serde_json::from_str(&spec).map_err(|e| corrupt(format!("{cname}: {e}")))?;
         components.push(ComponentRecord {
             name: cname,
             spec,
@@ -461,12 +456,7 @@ mod tests {
             "name = \"web\"\n[[components]]\nname = \"api\"\nimage = \"r/w:v1\"\n[[components.routes]]\nport = 80\n",
         )
         .unwrap();
-        let spec = ContainerSpec::build(
-            &def,
-            &def.components[0],
-            &BTreeMap::from([(String::new(), 10001)]),
-            "n",
-        );
+        let spec = ContainerSpec::build(&def, &def.components[0], &BTreeMap::from([(String::new(), 10001)]), "n");
         ServiceRecord {
             components: vec![ComponentRecord {
                 name: "api".into(),
@@ -498,10 +488,7 @@ mod tests {
         assert_eq!(got.components, rec.components);
         assert_eq!(got.routes, rec.routes);
         assert_eq!(reg.used_ports().unwrap(), HashSet::from([10001]));
-        assert_eq!(
-            reg.container_owner("web-api").unwrap().as_deref(),
-            Some("web")
-        );
+        assert_eq!(reg.container_owner("web-api").unwrap().as_deref(), Some("web"));
         reg.set_desired("web", &[], Desired::Stopped, ("stopped", "by operator"))
             .unwrap();
         assert_eq!(
@@ -511,12 +498,7 @@ mod tests {
         reg.delete("web", ("undeployed", "")).unwrap();
         assert!(reg.service("web").unwrap().is_none());
         assert!(reg.used_ports().unwrap().is_empty());
-        let kinds: Vec<_> = reg
-            .events("web", 10)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.kind)
-            .collect();
+        let kinds: Vec<_> = reg.events("web", 10).unwrap().into_iter().map(|e| e.kind).collect();
         assert_eq!(kinds, ["deployed", "stopped", "undeployed"]);
     }
 
@@ -528,9 +510,6 @@ mod tests {
         other.def.name = "web2".into();
         other.components[0].spec.name = "web2-api".into();
         assert!(reg.save(&other, ("deployed", "")).is_err());
-        assert!(
-            reg.service("web2").unwrap().is_none(),
-            "failed save left a row"
-        );
+        assert!(reg.service("web2").unwrap().is_none(), "failed save left a row");
     }
 }

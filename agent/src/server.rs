@@ -63,11 +63,7 @@ fn status(e: OpError) -> Status {
             format!("no free host port in {min}-{max}"),
             outcome,
         ),
-        OpError::StepFailed {
-            step,
-            error,
-            outcome,
-        } => {
+        OpError::StepFailed { step, error, outcome } => {
             let code = if error.contains("is not answering") {
                 tonic::Code::Unavailable
             } else {
@@ -98,9 +94,7 @@ fn service_info(view: &ServiceView, node: &str) -> proto::ServiceInfo {
                     container: c.spec.name.clone(),
                     image: c.spec.image.clone(),
                     desired_state: c.desired.as_str().to_string(),
-                    observed_state: o
-                        .map(|o| o.state.clone())
-                        .unwrap_or_else(|| "missing".into()),
+                    observed_state: o.map(|o| o.state.clone()).unwrap_or_else(|| "missing".into()),
                     started_at: o.filter(|o| o.running()).map(|o| o.started_at).unwrap_or(0),
                     version: service::image_version(&c.spec.image),
                     container_id: o.map(|o| o.id.clone()).unwrap_or_default(),
@@ -148,9 +142,7 @@ impl AgentService {
     }
 
     fn caller<T>(&self, req: &Request<T>) -> String {
-        mcp_common::tls::caller(req)
-            .map(|i| i.to_string())
-            .unwrap_or_default()
+        mcp_common::tls::caller(req).map(|i| i.to_string()).unwrap_or_default()
     }
 }
 
@@ -158,10 +150,7 @@ type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl McpAgentService for AgentService {
-    async fn deploy(
-        &self,
-        req: Request<proto::DeployRequest>,
-    ) -> Result<Response<proto::OperationResponse>, Status> {
+    async fn deploy(&self, req: Request<proto::DeployRequest>) -> Result<Response<proto::OperationResponse>, Status> {
         let caller = self.caller(&req);
         let r = req.into_inner();
         let spec = r
@@ -170,11 +159,12 @@ impl McpAgentService for AgentService {
         let def = ServiceDef::from(&spec);
         let only = component(&r.component).map(str::to_string);
         tracing::info!(service = %def.name, component = ?only, %caller, request_id = %r.request_id, "deploy");
-        let outcome = self.agent.deploy(def.clone(), only).await.map_err(status)?;
-        Ok(Response::new(response(
-            outcome,
-            self.current(&def.name).await,
-        )))
+        let mut outcome = self.agent.deploy(def.clone(), only).await.map_err(status)?;
+        let info = match outcome.view.take() {
+            Some(view) => Some(service_info(&view, self.agent.name())),
+            None => self.current(&def.name).await,
+        };
+        Ok(Response::new(response(outcome, info)))
     }
 
     async fn stop_service(
@@ -189,10 +179,7 @@ impl McpAgentService for AgentService {
             .stop(&r.name, component(&r.component))
             .await
             .map_err(status)?;
-        Ok(Response::new(response(
-            outcome,
-            self.current(&r.name).await,
-        )))
+        Ok(Response::new(response(outcome, self.current(&r.name).await)))
     }
 
     async fn start_service(
@@ -207,10 +194,7 @@ impl McpAgentService for AgentService {
             .start(&r.name, component(&r.component))
             .await
             .map_err(status)?;
-        Ok(Response::new(response(
-            outcome,
-            self.current(&r.name).await,
-        )))
+        Ok(Response::new(response(outcome, self.current(&r.name).await)))
     }
 
     async fn restart_service(
@@ -225,10 +209,7 @@ impl McpAgentService for AgentService {
             .restart(&r.name, component(&r.component))
             .await
             .map_err(status)?;
-        Ok(Response::new(response(
-            outcome,
-            self.current(&r.name).await,
-        )))
+        Ok(Response::new(response(outcome, self.current(&r.name).await)))
     }
 
     async fn undeploy_service(
@@ -253,10 +234,7 @@ impl McpAgentService for AgentService {
     ) -> Result<Response<proto::ListServicesResponse>, Status> {
         let views = self.agent.list().await.map_err(status)?;
         Ok(Response::new(proto::ListServicesResponse {
-            services: views
-                .iter()
-                .map(|v| service_info(v, self.agent.name()))
-                .collect(),
+            services: views.iter().map(|v| service_info(v, self.agent.name())).collect(),
             node: self.agent.name().to_string(),
         }))
     }
@@ -290,11 +268,7 @@ impl McpAgentService for AgentService {
     ) -> Result<Response<proto::NodeStatusResponse>, Status> {
         use crate::node;
         let a = &self.agent;
-        let podman_version = a
-            .podman
-            .version()
-            .await
-            .unwrap_or_else(|e| format!("unavailable: {e}"));
+        let podman_version = a.podman_version.clone();
         let (containers, running) = a.podman.count().await.unwrap_or((0, 0));
         let services = a.registry.services().map(|s| s.len()).unwrap_or(0);
         let (mem_total, mem_avail) = node::memory();
@@ -326,10 +300,7 @@ impl McpAgentService for AgentService {
 
     type LogsStream = LogStream;
 
-    async fn logs(
-        &self,
-        req: Request<proto::LogsRequest>,
-    ) -> Result<Response<Self::LogsStream>, Status> {
+    async fn logs(&self, req: Request<proto::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         let r = req.into_inner();
         let rec = self
             .agent
@@ -367,8 +338,6 @@ impl McpAgentService for AgentService {
                 Box::pin(s) as LogStream
             })
             .collect();
-        Ok(Response::new(Box::pin(futures::stream::select_all(
-            streams,
-        ))))
+        Ok(Response::new(Box::pin(futures::stream::select_all(streams))))
     }
 }

@@ -64,14 +64,8 @@ impl ContainerSpec {
             volumes: component.volumes.clone(),
             network: component.network.clone(),
             user: component.user.clone(),
-            restart: component
-                .restart
-                .clone()
-                .unwrap_or_else(|| DEFAULT_RESTART.to_string()),
-            memory: component
-                .memory
-                .as_deref()
-                .and_then(|m| service::parse_memory(m).ok()),
+            restart: component.restart.clone().unwrap_or_else(|| DEFAULT_RESTART.to_string()),
+            memory: component.memory.as_deref().and_then(|m| service::parse_memory(m).ok()),
             nano_cpus: component.cpus.map(|c| (c * 1e9).round() as i64),
             labels,
         }
@@ -97,8 +91,7 @@ impl ContainerSpec {
             ($($f:ident),*) => { $( if self.$f != other.$f { d.push(stringify!($f)); } )* };
         }
         cmp!(
-            name, image, cmd, env, ports, volumes, network, user, restart, memory, nano_cpus,
-            labels
+            name, image, cmd, env, ports, volumes, network, user, restart, memory, nano_cpus, labels
         );
         d
     }
@@ -139,10 +132,7 @@ port = 80
     #[test]
     fn env_ports_and_names() {
         let d = def();
-        let ports = BTreeMap::from([
-            ("rest".to_string(), 10001),
-            ("admin-api".to_string(), 10002),
-        ]);
+        let ports = BTreeMap::from([("rest".to_string(), 10001), ("admin-api".to_string(), 10002)]);
         let s = ContainerSpec::build(&d, &d.components[0], &ports, "rift");
         assert_eq!(s.name, "web-api");
         assert_eq!(s.env, ["A=1", "PORT_REST=10001", "PORT_ADMIN_API=10002"]);
@@ -150,12 +140,7 @@ port = 80
         assert_eq!(s.nano_cpus, Some(1_500_000_000));
         assert_eq!(s.memory, Some(64 << 20));
         assert_eq!(s.restart, "unless-stopped");
-        let single = ContainerSpec::build(
-            &d,
-            &d.components[1],
-            &BTreeMap::from([(String::new(), 10003)]),
-            "rift",
-        );
+        let single = ContainerSpec::build(&d, &d.components[1], &BTreeMap::from([(String::new(), 10003)]), "rift");
         assert_eq!(single.name, "web");
         assert_eq!(single.env, ["PORT=10003"]);
     }
@@ -163,10 +148,7 @@ port = 80
     #[test]
     fn hash_follows_content() {
         let d = def();
-        let ports = BTreeMap::from([
-            ("rest".to_string(), 10001),
-            ("admin-api".to_string(), 10002),
-        ]);
+        let ports = BTreeMap::from([("rest".to_string(), 10001), ("admin-api".to_string(), 10002)]);
         let a = ContainerSpec::build(&d, &d.components[0], &ports, "rift");
         let mut b = a.clone();
         assert_eq!(a.hash(), b.hash());

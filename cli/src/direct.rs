@@ -120,9 +120,7 @@ fn validate(paths: &[PathBuf], out: &Out) -> Result<u8> {
                     ));
                 }
             }
-            Err(DefinitionError::Invalid(v)) => {
-                problems.extend(v.to_string().lines().map(str::to_string))
-            }
+            Err(DefinitionError::Invalid(v)) => problems.extend(v.to_string().lines().map(str::to_string)),
             Err(e) => problems.push(e.to_string()),
         }
     }
@@ -165,10 +163,7 @@ fn load_definition(ctx: &Ctx, target: &str) -> Result<(ServiceDef, Option<String
     let (name, component) = split_target(target)?;
     let path = ctx.cfg.services.dir.join(format!("{name}.toml"));
     if !path.exists() {
-        usage!(
-            "no definition for service {name}: {} does not exist",
-            path.display()
-        );
+        usage!("no definition for service {name}: {} does not exist", path.display());
     }
     let def = service::load_file(&path).map_err(|e| UsageError(e.to_string()))?;
     if let Some(c) = &component
@@ -184,10 +179,7 @@ fn node_ref<'a>(ctx: &'a Ctx, name: &str) -> Result<&'a NodeRef> {
         Some(n) => Ok(n),
         None => {
             let known: Vec<&str> = ctx.cfg.nodes.iter().map(|n| n.name.as_str()).collect();
-            usage!(
-                "unknown node {name:?}; configured nodes: {}",
-                known.join(", ")
-            )
+            usage!("unknown node {name:?}; configured nodes: {}", known.join(", "))
         }
     }
 }
@@ -315,9 +307,7 @@ async fn deploy(ctx: &Ctx, target: &str, node: Option<String>) -> Result<u8> {
         component: component.clone().unwrap_or_default(),
         request_id: request_id.clone(),
     };
-    let progress = ctx
-        .out
-        .progress(&format!("deploying {} to {node}", def.name));
+    let progress = ctx.out.progress(&format!("deploying {} to {node}", def.name));
     let result = client.deploy(req).await;
     drop(progress);
     match result {
@@ -325,10 +315,7 @@ async fn deploy(ctx: &Ctx, target: &str, node: Option<String>) -> Result<u8> {
             ctx.out.operation(&node, &resp.into_inner(), true);
             Ok(0)
         }
-        Err(s) => {
-            Err(rpc_error(ctx, &node, s)
-                .context(format!("deploy {} (request {request_id})", def.name)))
-        }
+        Err(s) => Err(rpc_error(ctx, &node, s).context(format!("deploy {} (request {request_id})", def.name))),
     }
 }
 
@@ -346,13 +333,7 @@ async fn simple(ctx: &Ctx, op: Op, target: &str, node: Option<String>) -> Result
     operate(ctx, &node, op, &name, component).await
 }
 
-async fn operate(
-    ctx: &Ctx,
-    node: &str,
-    op: Op,
-    name: &str,
-    component: Option<String>,
-) -> Result<u8> {
+async fn operate(ctx: &Ctx, node: &str, op: Op, name: &str, component: Option<String>) -> Result<u8> {
     let nref = node_ref(ctx, node)?;
     let timeout = if matches!(op, Op::Undeploy) {
         UNDEPLOY_TIMEOUT
@@ -382,33 +363,44 @@ async fn operate(
 
 type Listed = Vec<(String, Result<proto::ListServicesResponse, String>)>;
 
-/// ListServices on every node in parallel; a node that does not answer is
-/// reported, never waited on beyond the timeouts.
-async fn list_all(ctx: &Ctx) -> Listed {
-    let calls = ctx.cfg.nodes.iter().map(|n| async move {
-        let r = async {
-            let mut c = connect(ctx, n, READ_TIMEOUT)
-                .await
-                .map_err(|e| format!("{e:#}"))?;
-            c.list_services(proto::ListServicesRequest {})
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|s| s.message().to_string())
+/// Calls every node in parallel; a node that does not answer is reported
+/// with the reason, never waited on beyond the timeouts.
+async fn fan_out<T, F, Fut>(ctx: &Ctx, call: F) -> Vec<(NodeRef, Result<T, String>)>
+where
+    F: Fn(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let calls = ctx.cfg.nodes.iter().map(|n| {
+        let call = &call;
+        async move {
+            let r = match connect(ctx, n, READ_TIMEOUT).await {
+                Ok(c) => call(c)
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|s| s.message().to_string()),
+                Err(e) => Err(format!("{e:#}")),
+            };
+            (n.clone(), r)
         }
-        .await;
-        (n.name.clone(), r)
     });
     join_all(calls).await
+}
+
+/// ListServices on every node.
+async fn list_all(ctx: &Ctx) -> Listed {
+    fan_out(ctx, |mut c| async move {
+        c.list_services(proto::ListServicesRequest {}).await
+    })
+    .await
+    .into_iter()
+    .map(|(n, r)| (n.name, r))
+    .collect()
 }
 
 async fn ps(ctx: &Ctx) -> Result<u8> {
     let listed = list_all(ctx).await;
     ctx.out.ps(&listed);
-    Ok(if listed.iter().any(|(_, r)| r.is_err()) {
-        1
-    } else {
-        0
-    })
+    Ok(if listed.iter().any(|(_, r)| r.is_err()) { 1 } else { 0 })
 }
 
 async fn status(ctx: &Ctx, service: &str, node: Option<String>) -> Result<u8> {
@@ -427,13 +419,7 @@ async fn status(ctx: &Ctx, service: &str, node: Option<String>) -> Result<u8> {
     Ok(0)
 }
 
-async fn logs(
-    ctx: &Ctx,
-    target: &str,
-    follow: bool,
-    tail: u32,
-    node: Option<String>,
-) -> Result<u8> {
+async fn logs(ctx: &Ctx, target: &str, follow: bool, tail: u32, node: Option<String>) -> Result<u8> {
     use std::io::Write;
     let (name, component) = split_target(target)?;
     let node = locate(ctx, &name, node).await?;
@@ -462,16 +448,8 @@ async fn logs(
     let prefix = component.is_none();
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
-    while let Some(chunk) = stream
-        .message()
-        .await
-        .map_err(|s| rpc_error(ctx, &node, s))?
-    {
-        let w: &mut dyn Write = if chunk.stderr {
-            &mut stderr
-        } else {
-            &mut stdout
-        };
+    while let Some(chunk) = stream.message().await.map_err(|s| rpc_error(ctx, &node, s))? {
+        let w: &mut dyn Write = if chunk.stderr { &mut stderr } else { &mut stdout };
         if prefix {
             for line in String::from_utf8_lossy(&chunk.data).split_inclusive('\n') {
                 let _ = write!(w, "{} | {line}", chunk.component);
@@ -485,26 +463,13 @@ async fn logs(
 }
 
 async fn node_list(ctx: &Ctx) -> Result<u8> {
-    let calls = ctx.cfg.nodes.iter().map(|n| async move {
-        let r = async {
-            let mut c = connect(ctx, n, READ_TIMEOUT)
-                .await
-                .map_err(|e| format!("{e:#}"))?;
-            c.node_status(proto::NodeStatusRequest {})
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|s| s.message().to_string())
-        }
-        .await;
-        (n.clone(), r)
-    });
-    let results = join_all(calls).await;
+    let results = fan_out(
+        ctx,
+        |mut c| async move { c.node_status(proto::NodeStatusRequest {}).await },
+    )
+    .await;
     ctx.out.nodes(&results);
-    Ok(if results.iter().any(|(_, r)| r.is_err()) {
-        1
-    } else {
-        0
-    })
+    Ok(if results.iter().any(|(_, r)| r.is_err()) { 1 } else { 0 })
 }
 
 /// A short random id correlating CLI and agent logs.

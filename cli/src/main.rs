@@ -49,9 +49,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Check service definitions offline; reports every problem (exit 2 if any).
-    #[command(
-        after_help = "Examples:\n  mcp validate web.toml\n  mcp validate ~/.config/mcp/services"
-    )]
+    #[command(after_help = "Examples:\n  mcp validate web.toml\n  mcp validate ~/.config/mcp/services")]
     Validate {
         /// Files or directories of definitions.
         #[arg(required = true)]
@@ -110,9 +108,7 @@ pub enum Command {
         node: Option<String>,
     },
     /// Show container output of a service.
-    #[command(
-        after_help = "Examples:\n  mcp --direct logs web\n  mcp --direct logs web/api -f --tail 100"
-    )]
+    #[command(after_help = "Examples:\n  mcp --direct logs web\n  mcp --direct logs web/api -f --tail 100")]
     Logs {
         /// <service>[/<component>]
         target: String,

@@ -144,11 +144,7 @@ impl Out {
             } else {
                 "ok"
             };
-            let detail = if s.success {
-                s.detail.clone()
-            } else {
-                s.error.clone()
-            };
+            let detail = if s.success { s.detail.clone() } else { s.error.clone() };
             t.add_row(vec![
                 s.step.clone(),
                 result.into(),
@@ -157,29 +153,17 @@ impl Out {
             ]);
         }
         let print = |line: String| {
-            if ok {
-                println!("{line}")
-            } else {
-                eprintln!("{line}")
-            }
+            if ok { println!("{line}") } else { eprintln!("{line}") }
         };
         for line in t.to_string().lines() {
-            print(
-                line.strip_prefix(' ')
-                    .unwrap_or(line)
-                    .trim_end()
-                    .to_string(),
-            );
+            print(line.strip_prefix(' ').unwrap_or(line).trim_end().to_string());
         }
         for w in &r.warnings {
             eprintln!("warning: {w}");
         }
         if ok && let Some(s) = &r.service {
             for c in &s.components {
-                println!(
-                    "{}/{} on {node}: {} ({})",
-                    s.name, c.name, c.observed_state, c.image
-                );
+                println!("{}/{} on {node}: {} ({})", s.name, c.name, c.observed_state, c.image);
             }
             for route in &s.routes {
                 let name = if route.name.is_empty() {
@@ -223,12 +207,9 @@ impl Out {
                 Ok(l) => {
                     for s in &l.services {
                         for c in &s.components {
-                            let state = if c.desired_state != "running"
-                                && c.observed_state != "running"
-                            {
+                            let state = if c.desired_state != "running" && c.observed_state != "running" {
                                 format!("{} ({})", c.observed_state, c.desired_state)
-                            } else if c.desired_state == "running" && c.observed_state != "running"
-                            {
+                            } else if c.desired_state == "running" && c.observed_state != "running" {
                                 format!("{} (want running)", c.observed_state)
                             } else {
                                 c.observed_state.clone()
@@ -306,23 +287,11 @@ impl Out {
         print_table(&t);
         if !s.routes.is_empty() {
             println!();
-            let mut t = table(&[
-                "COMPONENT",
-                "ROUTE",
-                "PORT",
-                "MODE",
-                "HOSTNAME",
-                "HOST PORT",
-                "PUBLIC",
-            ]);
+            let mut t = table(&["COMPONENT", "ROUTE", "PORT", "MODE", "HOSTNAME", "HOST PORT", "PUBLIC"]);
             for r in &s.routes {
                 t.add_row(vec![
                     r.component.clone(),
-                    if r.name.is_empty() {
-                        "-".into()
-                    } else {
-                        r.name.clone()
-                    },
+                    if r.name.is_empty() { "-".into() } else { r.name.clone() },
                     r.port.to_string(),
                     r.mode.clone(),
                     r.hostname.clone(),

@@ -48,8 +48,7 @@ pub fn parse_toml<T: DeserializeOwned>(text: &str) -> Result<T, (String, String)
 
 /// Reads and parses a TOML configuration file.
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(path, "(file)", e.to_string()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(path, "(file)", e.to_string()))?;
     parse_toml(&text).map_err(|(field, reason)| ConfigError {
         path: path.display().to_string(),
         field,
@@ -197,14 +196,9 @@ impl AgentConfig {
     }
 
     fn check(&self, path: &Path) -> Result<(), ConfigError> {
-        crate::service::check_name(&self.agent.name)
-            .map_err(|r| ConfigError::new(path, "agent.name", r))?;
+        crate::service::check_name(&self.agent.name).map_err(|r| ConfigError::new(path, "agent.name", r))?;
         if !self.agent.data_dir.is_absolute() {
-            return Err(ConfigError::new(
-                path,
-                "agent.data_dir",
-                "must be an absolute path",
-            ));
+            return Err(ConfigError::new(path, "agent.data_dir", "must be an absolute path"));
         }
         if self.ports.min == 0 || self.ports.min > self.ports.max {
             return Err(ConfigError::new(
@@ -217,11 +211,7 @@ impl AgentConfig {
             ));
         }
         if self.log.format != "text" && self.log.format != "json" {
-            return Err(ConfigError::new(
-                path,
-                "log.format",
-                "expected \"text\" or \"json\"",
-            ));
+            return Err(ConfigError::new(path, "log.format", "expected \"text\" or \"json\""));
         }
         Ok(())
     }
@@ -332,8 +322,7 @@ impl CliConfig {
         let cfg: CliConfig = load(path)?;
         let mut names = std::collections::BTreeSet::new();
         for (i, n) in cfg.nodes.iter().enumerate() {
-            crate::service::check_name(&n.name)
-                .map_err(|r| ConfigError::new(path, &format!("nodes[{i}].name"), r))?;
+            crate::service::check_name(&n.name).map_err(|r| ConfigError::new(path, &format!("nodes[{i}].name"), r))?;
             if !names.insert(n.name.clone()) {
                 return Err(ConfigError::new(
                     path,
@@ -342,11 +331,7 @@ impl CliConfig {
                 ));
             }
             if n.address.list().is_empty() {
-                return Err(ConfigError::new(
-                    path,
-                    &format!("nodes[{i}].address"),
-                    "no address",
-                ));
+                return Err(ConfigError::new(path, &format!("nodes[{i}].address"), "no address"));
             }
             if let Some(arch) = &n.arch
                 && arch != "amd64"
@@ -412,10 +397,7 @@ mod tests {
         assert_eq!(cfg.registry_path(), PathBuf::from("/srv/mcp/mcp.db"));
         let cases = [
             (format!("{base}[ports]\nmin = 5\nmax = 4\n"), "ports"),
-            (
-                format!("{base}[podman]\nsockit = \"/x\"\n"),
-                "podman.sockit",
-            ),
+            (format!("{base}[podman]\nsockit = \"/x\"\n"), "podman.sockit"),
             (base.replace("rift", "Rift"), "agent.name"),
             (format!("{base}[log]\nformat = \"xml\"\n"), "log.format"),
         ];
@@ -434,21 +416,24 @@ mod tests {
         let cfg = CliConfig::load(&p, true).unwrap();
         assert_eq!(cfg.node("b").unwrap().address.list(), ["x:1", "y:2"]);
         let (_d, p) = write("[[nodes]]\nname = \"a\"\naddress = \"x:1\"\narch = \"sparc\"\n");
-        assert_eq!(
-            CliConfig::load(&p, true).unwrap_err().field,
-            "nodes[0].arch"
-        );
+        assert_eq!(CliConfig::load(&p, true).unwrap_err().field, "nodes[0].arch");
     }
 
     fn keys(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
         match v {
             toml::Value::Table(t) => {
                 for (k, v) in t {
-                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     keys(&p, v, out);
                 }
             }
-            toml::Value::Array(a) if a.first().is_some_and(toml::Value::is_table) => keys(&format!("{prefix}[]"), &a[0], out),
+            toml::Value::Array(a) if a.first().is_some_and(toml::Value::is_table) => {
+                keys(&format!("{prefix}[]"), &a[0], out)
+            }
             _ => out.push(prefix.to_string()),
         }
     }

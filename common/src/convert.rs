@@ -4,11 +4,7 @@ use crate::proto;
 use crate::service::{ComponentDef, HealthDef, RouteDef, ServiceDef};
 
 fn opt(s: &str) -> Option<String> {
-    if s.is_empty() {
-        None
-    } else {
-        Some(s.to_string())
-    }
+    if s.is_empty() { None } else { Some(s.to_string()) }
 }
 
 impl From<&ServiceDef> for proto::ServiceSpec {

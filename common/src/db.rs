@@ -18,14 +18,8 @@ pub enum DbError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error(
-        "{path}: schema version {found} is newer than this binary knows ({known}); upgrade mcp"
-    )]
-    TooNew {
-        path: String,
-        found: usize,
-        known: usize,
-    },
+    #[error("{path}: schema version {found} is newer than this binary knows ({known}); upgrade mcp")]
+    TooNew { path: String, found: usize, known: usize },
 }
 
 /// Opens (creating with mode 0600 if needed) and migrates a database file.
@@ -99,26 +93,18 @@ mod tests {
     fn opens_private_wal_and_migrates_once() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.db");
-        let migs = [
-            "CREATE TABLE a (x INTEGER);",
-            "ALTER TABLE a ADD COLUMN y TEXT;",
-        ];
+        let migs = ["CREATE TABLE a (x INTEGER);", "ALTER TABLE a ADD COLUMN y TEXT;"];
         let c = open(&p, &migs[..1]).unwrap();
         c.execute("INSERT INTO a (x) VALUES (1)", []).unwrap();
         drop(c);
         let c = open(&p, &migs).unwrap();
-        let mode: String = c
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-            .unwrap();
+        let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
         let n: i64 = c
             .query_row("SELECT count(*) FROM a WHERE y IS NULL", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 1);
-        assert_eq!(
-            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         drop(c);
         let err = open(&p, &migs[..1]).unwrap_err().to_string();
         assert!(err.contains("newer than this binary"), "{err}");

@@ -135,10 +135,7 @@ mod tests {
         ] {
             assert_eq!(Identity::from_uri(bad), None, "{bad}");
         }
-        assert_eq!(
-            Identity::from_spec("human/kyle"),
-            Some(Identity::Human("kyle".into()))
-        );
+        assert_eq!(Identity::from_spec("human/kyle"), Some(Identity::Human("kyle".into())));
         assert_eq!(Identity::Agent("rift".into()).common_name(), "agent-rift");
     }
 

@@ -24,9 +24,4 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const GIT_COMMIT: &str = env!("MCP_GIT_COMMIT");
 
 /// `<version> (commit <hash>)`, for `--version`.
-pub const LONG_VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (commit ",
-    env!("MCP_GIT_COMMIT"),
-    ")"
-);
+pub const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("MCP_GIT_COMMIT"), ")");

@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -91,11 +91,10 @@ impl Ca {
             return Err(PkiError::Missing(dir.display().to_string()));
         }
         let key_path = Ca::key_path(dir);
-        let key_pem =
-            String::from_utf8(fsutil::read_private(&key_path)?).map_err(|_| PkiError::Invalid {
-                path: key_path.display().to_string(),
-                reason: "not UTF-8 PEM".into(),
-            })?;
+        let key_pem = String::from_utf8(fsutil::read_private(&key_path)?).map_err(|_| PkiError::Invalid {
+            path: key_path.display().to_string(),
+            reason: "not UTF-8 PEM".into(),
+        })?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| PkiError::Invalid {
             path: key_path.display().to_string(),
             reason: e.to_string(),
@@ -129,11 +128,7 @@ impl Ca {
         let mut dn = DistinguishedName::new();
         let cn = match &req.identity {
             Some(id) => id.common_name(),
-            None => req
-                .dns_names
-                .first()
-                .cloned()
-                .unwrap_or_else(|| "mcp".into()),
+            None => req.dns_names.first().cloned().unwrap_or_else(|| "mcp".into()),
         };
         dn.push(DnType::CommonName, cn);
         dn.push(DnType::OrganizationName, "mcp");
@@ -150,10 +145,7 @@ impl Ca {
         }
         params.subject_alt_names = sans;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::minutes(5);
@@ -177,10 +169,7 @@ impl Issued {
 
 /// Seconds until the first certificate in `pem` expires (negative if past).
 pub fn seconds_until_expiry(pem: &str) -> Option<i64> {
-    let der = crate::tls::parse_certs(pem.as_bytes())
-        .ok()?
-        .into_iter()
-        .next()?;
+    let der = crate::tls::parse_certs(pem.as_bytes()).ok()?.into_iter().next()?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
     let not_after = cert.validity().not_after.timestamp();
     Some(not_after - OffsetDateTime::now_utc().unix_timestamp())
@@ -204,10 +193,7 @@ mod tests {
             .unwrap();
         let certs = crate::tls::parse_certs(issued.chain_pem.as_bytes()).unwrap();
         assert_eq!(certs.len(), 2);
-        assert_eq!(
-            Identity::from_cert_der(&certs[0]),
-            Some(Identity::Agent("rift".into()))
-        );
+        assert_eq!(Identity::from_cert_der(&certs[0]), Some(Identity::Agent("rift".into())));
         let left = seconds_until_expiry(&issued.chain_pem).unwrap();
         assert!((29 * 86400..=30 * 86400).contains(&left), "{left}");
         // Reloading keeps the same CA.

@@ -321,10 +321,7 @@ impl Validator {
             self.err("name", r);
         }
         if def.node.is_some() && def.tier.is_some() {
-            self.err(
-                "node",
-                "`node` and `tier` are exclusive: a pinned service has no tier",
-            );
+            self.err("node", "`node` and `tier` are exclusive: a pinned service has no tier");
         }
         if let Some(node) = &def.node
             && let Err(r) = check_name(node)
@@ -357,10 +354,7 @@ impl Validator {
             }
         }
         if def.components.is_empty() {
-            self.err(
-                "components",
-                "a service needs at least one [[components]] entry",
-            );
+            self.err("components", "a service needs at least one [[components]] entry");
         }
         let mut seen = BTreeSet::new();
         // (listener port, hostname) → route label: the proxy keys routes so.
@@ -374,10 +368,7 @@ impl Validator {
             if let Err(r) = check_name(&c.name) {
                 self.err(format!("{at}.name"), r);
             } else if !seen.insert(c.name.clone()) {
-                self.err(
-                    format!("{at}.name"),
-                    format!("duplicate component name {:?}", c.name),
-                );
+                self.err(format!("{at}.name"), format!("duplicate component name {:?}", c.name));
             }
             self.component(&at, def, c, &mut listeners);
         }
@@ -403,10 +394,7 @@ impl Validator {
             match check_env(e) {
                 Ok(key) => {
                     if !env_keys.insert(key.to_string()) {
-                        self.err(
-                            format!("{at}.env[{i}]"),
-                            format!("duplicate variable {key}"),
-                        );
+                        self.err(format!("{at}.env[{i}]"), format!("duplicate variable {key}"));
                     }
                 }
                 Err(r) => self.err(format!("{at}.env[{i}]"), r),
@@ -425,10 +413,7 @@ impl Validator {
         if let Some(user) = &c.user
             && (user.is_empty() || user.chars().any(|ch| ch.is_whitespace() || ch.is_control()))
         {
-            self.err(
-                format!("{at}.user"),
-                "must be a user name or uid[:gid] without spaces",
-            );
+            self.err(format!("{at}.user"), "must be a user name or uid[:gid] without spaces");
         }
         if let Some(restart) = &c.restart
             && let Err(r) = check_restart(restart)
@@ -443,10 +428,7 @@ impl Validator {
         if let Some(cpus) = c.cpus
             && !(cpus.is_finite() && cpus > 0.0 && cpus <= 1024.0)
         {
-            self.err(
-                format!("{at}.cpus"),
-                format!("{cpus} is not a CPU count in (0, 1024]"),
-            );
+            self.err(format!("{at}.cpus"), format!("{cpus} is not a CPU count in (0, 1024]"));
         }
 
         let mut names = BTreeSet::new();
@@ -479,10 +461,7 @@ impl Validator {
                 }
             }
             if !(1..=65535).contains(&r.port) {
-                self.err(
-                    format!("{rat}.port"),
-                    format!("{} is not a port in 1..=65535", r.port),
-                );
+                self.err(format!("{rat}.port"), format!("{} is not a port in 1..=65535", r.port));
             }
             if let Some(mode) = &r.mode
                 && mode != "l4"
@@ -509,10 +488,7 @@ impl Validator {
             if let Some(other) = listeners.insert((r.port, host.clone()), label.clone()) {
                 self.err(
                     format!("{rat}.port"),
-                    format!(
-                        "routes {other} and {label} both claim port {} for {host}",
-                        r.port
-                    ),
+                    format!("routes {other} and {label} both claim port {} for {host}", r.port),
                 );
             }
         }
@@ -525,10 +501,7 @@ impl Validator {
             }
         }
         if c.routes.len() == 1 && c.routes[0].name.is_none() && env_keys.contains("PORT") {
-            self.err(
-                format!("{at}.env"),
-                "PORT is set by mcp from the route's host port",
-            );
+            self.err(format!("{at}.env"), "PORT is set by mcp from the route's host port");
         }
         if let Some(h) = &c.health {
             self.health(at, c, h);
@@ -540,23 +513,13 @@ impl Validator {
         if !matches!(h.kind.as_str(), "tcp" | "http" | "grpc") {
             self.err(
                 format!("{at}.kind"),
-                format!(
-                    "unknown kind {:?}: expected \"tcp\", \"http\" or \"grpc\"",
-                    h.kind
-                ),
+                format!("unknown kind {:?}: expected \"tcp\", \"http\" or \"grpc\"", h.kind),
             );
         }
         match &h.port {
             Some(p) => {
-                if !c
-                    .routes
-                    .iter()
-                    .any(|r| r.name.as_deref() == Some(p.as_str()))
-                {
-                    self.err(
-                        format!("{at}.port"),
-                        format!("no route named {p:?} in this component"),
-                    );
+                if !c.routes.iter().any(|r| r.name.as_deref() == Some(p.as_str())) {
+                    self.err(format!("{at}.port"), format!("no route named {p:?} in this component"));
                 }
             }
             None if c.routes.len() != 1 => self.err(
@@ -587,9 +550,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
         .chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
     {
-        return Err(format!(
-            "{name:?} has {bad:?}: only a-z, 0-9 and - are allowed"
-        ));
+        return Err(format!("{name:?} has {bad:?}: only a-z, 0-9 and - are allowed"));
     }
     if name.starts_with('-') || name.ends_with('-') {
         return Err(format!("{name:?} must not start or end with -"));
@@ -616,9 +577,7 @@ pub fn check_image(image: &str) -> Result<(), String> {
         return if ok {
             Ok(())
         } else {
-            Err(format!(
-                "{image:?} has a malformed digest (expected @sha256:<64 hex>)"
-            ))
+            Err(format!("{image:?} has a malformed digest (expected @sha256:<64 hex>)"))
         };
     }
     let last = image.rsplit('/').next().unwrap_or(image);
@@ -651,21 +610,15 @@ pub fn check_image(image: &str) -> Result<(), String> {
 /// Image tag (or short digest) shown as VERSION in `mcp ps`.
 pub fn image_version(image: &str) -> String {
     if let Some((_, digest)) = image.split_once('@') {
-        return digest
-            .trim_start_matches("sha256:")
-            .chars()
-            .take(12)
-            .collect();
+        return digest.trim_start_matches("sha256:").chars().take(12).collect();
     }
     let last = image.rsplit('/').next().unwrap_or(image);
-    last.rsplit_once(':')
-        .map(|(_, t)| t.to_string())
-        .unwrap_or_default()
+    last.rsplit_once(':').map(|(_, t)| t.to_string()).unwrap_or_default()
 }
 
 const VOLUME_OPTIONS: &[&str] = &[
-    "ro", "rw", "z", "Z", "U", "O", "copy", "nocopy", "noexec", "exec", "nosuid", "suid", "nodev",
-    "dev", "rbind", "bind", "private", "rprivate", "shared", "rshared", "slave", "rslave",
+    "ro", "rw", "z", "Z", "U", "O", "copy", "nocopy", "noexec", "exec", "nosuid", "suid", "nodev", "dev", "rbind",
+    "bind", "private", "rprivate", "shared", "rshared", "slave", "rslave",
 ];
 
 /// `source:target[:options]`, both absolute.
@@ -699,9 +652,7 @@ fn check_env(e: &str) -> Result<&str, String> {
         return Err(format!("{e:?} is not KEY=VALUE"));
     };
     let mut chars = key.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(format!("{key:?} is not a valid variable name"));
     }
@@ -723,12 +674,7 @@ fn check_network(net: &str) -> Result<(), String> {
 fn check_restart(policy: &str) -> Result<(), String> {
     match policy {
         "no" | "always" | "unless-stopped" | "on-failure" => Ok(()),
-        p if p
-            .strip_prefix("on-failure:")
-            .is_some_and(|n| n.parse::<u32>().is_ok()) =>
-        {
-            Ok(())
-        }
+        p if p.strip_prefix("on-failure:").is_some_and(|n| n.parse::<u32>().is_ok()) => Ok(()),
         p => Err(format!(
             "unknown restart policy {p:?}: expected no, always, on-failure[:N] or unless-stopped"
         )),
@@ -738,18 +684,12 @@ fn check_restart(policy: &str) -> Result<(), String> {
 /// Parses a memory size such as `512M`, `2G`, `1Gi`, `1048576` into bytes.
 pub fn parse_memory(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: f64 = num
         .parse()
         .map_err(|_| format!("{s:?} is not a size such as 512M or 2G"))?;
-    let mult: u64 = match unit
-        .to_ascii_lowercase()
-        .trim_end_matches('b')
-        .trim_end_matches('i')
-    {
+    let mult: u64 = match unit.to_ascii_lowercase().trim_end_matches('b').trim_end_matches('i') {
         "" => 1,
         "k" => 1 << 10,
         "m" => 1 << 20,

@@ -15,10 +15,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
-    SignatureScheme,
-};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -115,14 +112,10 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
 /// server chains to the CA. With `expect`, the server must also carry that
 /// identity; it is then accepted even when the address dialled is not in
 /// its certificate (fallback addresses, NAT).
-pub fn client_config(
-    files: &TlsFiles,
-    expect: Option<Identity>,
-) -> Result<Arc<ClientConfig>, TlsError> {
-    let inner =
-        rustls::client::WebPkiServerVerifier::builder_with_provider(roots(&files.ca)?, provider())
-            .build()
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+pub fn client_config(files: &TlsFiles, expect: Option<Identity>) -> Result<Arc<ClientConfig>, TlsError> {
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots(&files.ca)?, provider())
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
     let verifier = Arc::new(IdentityVerifier { inner, expect });
     let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -150,9 +143,9 @@ impl ServerCertVerifier for IdentityVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let result =
-            self.inner
-                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
+        let result = self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
         let Some(expect) = &self.expect else {
             return result;
         };
@@ -206,9 +199,7 @@ impl ServerCertVerifier for IdentityVerifier {
 pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
-) -> tokio_stream::wrappers::ReceiverStream<
-    Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>,
-> {
+) -> tokio_stream::wrappers::ReceiverStream<Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
     tokio::spawn(async move {
@@ -281,11 +272,7 @@ pub async fn connect(
     })
 }
 
-async fn connect_one(
-    addr: &str,
-    config: Arc<ClientConfig>,
-    timeouts: Timeouts,
-) -> Result<Channel, String> {
+async fn connect_one(addr: &str, config: Arc<ClientConfig>, timeouts: Timeouts) -> Result<Channel, String> {
     let host = host_of(addr).ok_or_else(|| format!("{addr:?} is not host:port"))?;
     let server_name = match host.parse::<IpAddr>() {
         Ok(ip) => ServerName::IpAddress(ip.into()),
@@ -325,9 +312,7 @@ fn host_of(addr: &str) -> Option<&str> {
     if let Some(rest) = addr.strip_prefix('[') {
         return rest.split_once(']').map(|(h, _)| h);
     }
-    addr.rsplit_once(':')
-        .map(|(h, _)| h)
-        .filter(|h| !h.is_empty())
+    addr.rsplit_once(':').map(|(h, _)| h).filter(|h| !h.is_empty())
 }
 
 /// An error and all its sources on one line.

@@ -34,7 +34,7 @@ ping_ok() { [[ $(curl -s -m 2 --unix-socket "$SOCK" http://d/_ping 2>/dev/null) 
 
 # alive: exists and is not a zombie (our daemons are reparented to PID 1,
 # which in some sandboxes reaps late)
-alive() { local st; st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) && [[ $st != Z ]]; }
+. "$(dirname "$0")/proc.sh"
 
 running_pid() {  # pid of the service we started for this socket
     local pid
@@ -94,22 +94,13 @@ do_start() {
 }
 
 do_stop() {
-    local pid i
+    local pid
     if ! pid=$(running_pid); then
         rm -f "$PIDFILE"
         log "not running: $SOCK"
         return 0
     fi
-    log "stopping podman system service pid $pid ($SOCK)"
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        alive "$pid" || break
-        sleep 0.1
-    done
-    if alive "$pid"; then
-        log "still alive after 10 s, sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
+    stop_pid "$pid" "podman system service ($SOCK)"
     rm -f "$PIDFILE" "$SOCK"
 }
 

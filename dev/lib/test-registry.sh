@@ -42,7 +42,7 @@ URL=http://127.0.0.1:$PORT/v2/
 # pid of our registry for this port, if it is running
 # alive: exists and is not a zombie (our daemons are reparented to PID 1,
 # which in some sandboxes reaps late)
-alive() { local st; st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) && [[ $st != Z ]]; }
+. "$(dirname "$0")/proc.sh"
 
 running_pid() {
     local pid
@@ -138,22 +138,13 @@ EOF
 }
 
 do_stop() {
-    local pid i
+    local pid
     if ! pid=$(running_pid); then
         rm -f "$PIDFILE"
         log "not running (port $PORT)"
         return 0
     fi
-    log "stopping docker-registry pid $pid (port $PORT)"
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        alive "$pid" || break
-        sleep 0.1
-    done
-    if alive "$pid"; then
-        log "still alive after 10 s, sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
+    stop_pid "$pid" "docker-registry (port $PORT)"
     rm -f "$PIDFILE"
 }
 

@@ -24,7 +24,10 @@ pub const REGISTRY: &str = "127.0.0.1:5055";
 
 /// Root of the repository.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// Sets up (idempotently) the test user, registry and images, once per
@@ -78,7 +81,10 @@ pub fn free_port() -> u16 {
 /// A random 200-port range for one agent's host ports, so concurrent test
 /// agents do not race for the same ports.
 fn port_range() -> (u16, u16) {
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos()
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
         ^ std::process::id().rotate_left(16);
     let base = 20000 + (seed % 190) as u16 * 200;
     (base, base + 199)
@@ -119,13 +125,18 @@ impl Run {
 
     /// Panics unless the exit code is `code`.
     pub fn expect_code(&self, code: i32, what: &str) -> &Run {
-        assert_eq!(self.code, code, "{what}: exit {}\nstdout:\n{}\nstderr:\n{}", self.code, self.stdout, self.stderr);
+        assert_eq!(
+            self.code, code,
+            "{what}: exit {}\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        );
         self
     }
 
     /// stdout parsed as JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
     }
 }
 
@@ -150,7 +161,11 @@ impl TestAgent {
     /// Initializes (config, CA, certificates) without starting.
     pub fn init(name: &str, ports: (u16, u16)) -> TestAgent {
         env();
-        let dir = tempfile::Builder::new().prefix(&format!("mcp-it-{name}-")).tempdir_in("/tmp").unwrap().keep();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("mcp-it-{name}-"))
+            .tempdir_in("/tmp")
+            .unwrap()
+            .keep();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         chown(&dir);
         std::fs::create_dir_all(dir.join("services")).unwrap();
@@ -191,7 +206,11 @@ impl TestAgent {
     /// Starts the agent process and waits until it answers over TLS.
     pub fn run(&mut self) {
         assert!(self.child.is_none(), "agent already running");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .unwrap();
         let child = as_user(&bin("mcp-agent"))
             .arg("run")
             .arg("--config")
@@ -211,7 +230,11 @@ impl TestAgent {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("agent exited ({status}) during start:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "agent did not answer within 30 s:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "agent did not answer within 30 s:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -228,7 +251,11 @@ impl TestAgent {
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 if let Some(status) = c.try_wait().unwrap() {
-                    assert!(status.success(), "agent exited with {status} on SIGTERM:\n{}", self.log());
+                    assert!(
+                        status.success(),
+                        "agent exited with {status} on SIGTERM:\n{}",
+                        self.log()
+                    );
                     return;
                 }
                 assert!(Instant::now() < deadline, "agent ignored SIGTERM");
@@ -289,7 +316,14 @@ impl TestAgent {
 
     /// Names of containers this agent created (label mcp.node).
     pub fn containers(&self) -> Vec<String> {
-        let r = self.podman(&["ps", "-a", "--filter", &format!("label=mcp.node={}", self.name), "--format", "{{.Names}}"]);
+        let r = self.podman(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=mcp.node={}", self.name),
+            "--format",
+            "{{.Names}}",
+        ]);
         let mut v: Vec<String> = r.stdout.lines().map(str::to_string).filter(|s| !s.is_empty()).collect();
         v.sort();
         v
@@ -347,7 +381,10 @@ impl Drop for TestAgent {
         }
         // The podman API service the agent started for its socket.
         let sock = self.dir.join("podman.sock");
-        let _ = Command::new("pkill").arg("-f").arg(format!("unix://{}", sock.display())).status();
+        let _ = Command::new("pkill")
+            .arg("-f")
+            .arg(format!("unix://{}", sock.display()))
+            .status();
         if std::env::var_os("MCP_TEST_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -380,7 +417,11 @@ pub fn http_get(port: u16, path: &str, timeout: Duration) -> Option<String> {
             let mut buf = String::new();
             s.read_to_string(&mut buf)?;
             let ok = buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200");
-            Ok(ok.then(|| buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+            Ok(ok.then(|| {
+                buf.split_once("\r\n\r\n")
+                    .map(|(_, b)| b.to_string())
+                    .unwrap_or_default()
+            }))
         })();
         if let Ok(Some(body)) = attempt {
             return Some(body);

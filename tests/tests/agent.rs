@@ -25,7 +25,20 @@ fn host_port(status: &serde_json::Value, component: &str, route: &str) -> u16 {
 }
 
 fn component<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    status["components"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap()
+    status["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap()
+}
+
+/// Containers `mcp ps --json` lists.
+fn ps_count(agent: &TestAgent) -> usize {
+    agent.mcp(&["--json", "ps"]).json()["containers"]
+        .as_array()
+        .unwrap()
+        .len()
 }
 
 fn env_of(port: u16) -> Vec<String> {
@@ -74,10 +87,24 @@ port = 8080
     r.expect_code(0, "deploy");
     let out = r.json();
     assert_eq!(out["changed"], true);
-    let steps: Vec<&str> = out["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
-    assert_eq!(steps, ["ports", "certificates", "containers", "routes", "dns", "registry"]);
+    let steps: Vec<&str> = out["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        ["ports", "certificates", "containers", "routes", "dns", "registry"]
+    );
     let containers_step = &out["steps"][2];
-    assert!(containers_step["detail"].as_str().unwrap().contains(&format!("pulled {pulled}")), "{out}");
+    assert!(
+        containers_step["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("pulled {pulled}")),
+        "{out}"
+    );
     assert_eq!(agent.containers(), ["shop-api", "shop-worker"]);
 
     let status = agent.mcp(&["--json", "status", "shop"]).json();
@@ -88,7 +115,11 @@ port = 8080
     all.sort();
     all.dedup();
     assert_eq!(all.len(), 3, "distinct host ports");
-    assert!(all.iter().all(|p| (agent.ports.0..=agent.ports.1).contains(p)), "{all:?} in {:?}", agent.ports);
+    assert!(
+        all.iter().all(|p| (agent.ports.0..=agent.ports.1).contains(p)),
+        "{all:?} in {:?}",
+        agent.ports
+    );
 
     // Env inside the containers, reached on the published host ports.
     let env = env_of(rest);
@@ -107,18 +138,37 @@ port = 8080
     // cmd and user applied; volume mounted read-only.
     assert_eq!(http_get(worker, "/uid.txt", WAIT).unwrap().trim(), "1000");
     assert_eq!(http_get(rest, "/data/hello.txt", WAIT).unwrap(), "from the host\n");
-    assert_eq!(agent.inspect("shop-api", "{{.HostConfig.RestartPolicy.Name}}").unwrap(), "on-failure");
-    assert_eq!(agent.inspect("shop-worker", "{{.HostConfig.RestartPolicy.Name}}").unwrap(), "unless-stopped");
+    assert_eq!(
+        agent.inspect("shop-api", "{{.HostConfig.RestartPolicy.Name}}").unwrap(),
+        "on-failure"
+    );
+    assert_eq!(
+        agent
+            .inspect("shop-worker", "{{.HostConfig.RestartPolicy.Name}}")
+            .unwrap(),
+        "unless-stopped"
+    );
 
     // `mcp ps` table: SERVICE COMPONENT NODE STATE VERSION UPTIME.
     let ps = agent.mcp(&["ps"]);
     ps.expect_code(0, "ps");
     let header: Vec<&str> = ps.stdout.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(header, ["SERVICE", "COMPONENT", "NODE", "STATE", "VERSION", "UPTIME"]);
-    assert!(ps.stdout.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()[..5] == ["shop", "api", "life", "running", "life-pull"]), "{}", ps.stdout);
+    assert!(
+        ps.stdout
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()[..5] == ["shop", "api", "life", "running", "life-pull"]),
+        "{}",
+        ps.stdout
+    );
 
     // Redeploy unchanged: nothing happens.
-    let ids = |a: &TestAgent| (a.inspect("shop-api", "{{.Id}}").unwrap(), a.inspect("shop-worker", "{{.Id}}").unwrap());
+    let ids = |a: &TestAgent| {
+        (
+            a.inspect("shop-api", "{{.Id}}").unwrap(),
+            a.inspect("shop-worker", "{{.Id}}").unwrap(),
+        )
+    };
     let before = ids(&agent);
     let r = agent.mcp(&["--json", "deploy", "shop"]);
     r.expect_code(0, "no-op redeploy");
@@ -134,10 +184,16 @@ port = 8080
     let after = ids(&agent);
     assert_eq!(after.0, before.0, "api untouched");
     assert_ne!(after.1, before.1, "worker recreated");
-    assert_eq!(http_get(worker, "/version.txt", WAIT).unwrap().trim(), "v2", "same host port, new version");
+    assert_eq!(
+        http_get(worker, "/version.txt", WAIT).unwrap().trim(),
+        "v2",
+        "same host port, new version"
+    );
 
     // Changed env: recreated, same host port.
-    let def2 = def.replacen(&web("v1"), &web("v2"), 1).replace("LOG_LEVEL=debug", "LOG_LEVEL=warn");
+    let def2 = def
+        .replacen(&web("v1"), &web("v2"), 1)
+        .replace("LOG_LEVEL=debug", "LOG_LEVEL=warn");
     agent.define("shop", &def2);
     agent.mcp(&["deploy", "shop"]).expect_code(0, "env redeploy");
     let after_env = ids(&agent);
@@ -151,7 +207,11 @@ port = 8080
     agent.define("shop", &def2.replace(&web("v2"), &web("does-not-exist")));
     let r = agent.mcp(&["deploy", "shop"]);
     r.expect_code(1, "deploy of a missing image");
-    assert!(r.stderr.contains("containers") && r.stderr.contains("does-not-exist"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("containers") && r.stderr.contains("does-not-exist"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("nothing was changed"), "{}", r.stderr);
     assert_eq!(ids(&agent), after_env);
     assert_eq!(http_get(worker, "/version.txt", WAIT).unwrap().trim(), "v2");
@@ -168,7 +228,10 @@ port = 8080
     let st = agent.mcp(&["--json", "status", "shop"]).json();
     assert_eq!(component(&st, "api")["desired_state"], "stopped");
     assert_eq!(component(&st, "api")["state"], "exited");
-    assert!(http_get(rest, "/version.txt", Duration::from_millis(300)).is_none(), "stopped service answers");
+    assert!(
+        http_get(rest, "/version.txt", Duration::from_millis(300)).is_none(),
+        "stopped service answers"
+    );
     agent.mcp(&["start", "shop"]).expect_code(0, "start");
     assert!(http_get(rest, "/version.txt", WAIT).is_some());
     assert!(http_get(worker, "/version.txt", WAIT).is_some());
@@ -176,17 +239,28 @@ port = 8080
     std::thread::sleep(Duration::from_millis(1100));
     agent.mcp(&["restart", "shop"]).expect_code(0, "restart");
     assert_ne!(agent.inspect("shop-api", "{{.State.StartedAt}}").unwrap(), started);
-    assert_eq!(host_port(&agent.mcp(&["--json", "status", "shop"]).json(), "api", "rest"), rest, "ports persist");
+    assert_eq!(
+        host_port(&agent.mcp(&["--json", "status", "shop"]).json(), "api", "rest"),
+        rest,
+        "ports persist"
+    );
     assert!(http_get(rest, "/version.txt", WAIT).is_some());
 
     // A container lost behind the agent's back is recreated by start.
-    agent.podman(&["rm", "-f", "-t", "0", "shop-worker"]).expect_code(0, "rm");
+    agent
+        .podman(&["rm", "-f", "-t", "0", "shop-worker"])
+        .expect_code(0, "rm");
     agent.mcp(&["start", "shop"]).expect_code(0, "start recreates");
     assert_eq!(http_get(worker, "/version.txt", WAIT).unwrap().trim(), "v2");
 
     // Events are recorded.
     let events = agent.mcp(&["--json", "status", "shop"]).json()["events"].clone();
-    let kinds: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
     for k in ["deployed", "redeployed", "deploy-failed", "stopped", "started"] {
         assert!(kinds.contains(&k), "event {k} in {kinds:?}");
     }
@@ -217,7 +291,11 @@ fn agent_restart_keeps_containers_and_registry() {
     let id = agent.inspect("keep", "{{.Id}}").unwrap();
 
     agent.stop();
-    assert_eq!(agent.inspect("keep", "{{.State.Status}}").unwrap(), "running", "SIGTERM leaves containers running");
+    assert_eq!(
+        agent.inspect("keep", "{{.State.Status}}").unwrap(),
+        "running",
+        "SIGTERM leaves containers running"
+    );
     assert!(http_get(port, "/version.txt", WAIT).is_some());
     assert!(agent.log().contains("containers keep running"));
 
@@ -256,12 +334,17 @@ fn interrupted_replace_is_repaired_on_start() {
     // renamed aside and stopped, the new one never got created.
     agent.kill();
     agent.podman(&["stop", "-t", "0", "fix-app"]).expect_code(0, "stop");
-    agent.podman(&["rename", "fix-app", "fix-app-mcp-prev"]).expect_code(0, "rename");
+    agent
+        .podman(&["rename", "fix-app", "fix-app-mcp-prev"])
+        .expect_code(0, "rename");
     agent.run();
     assert_eq!(agent.containers(), ["fix-app"]);
     assert_eq!(http_get(port, "/version.txt", WAIT).unwrap().trim(), "v1");
     let events = agent.mcp(&["--json", "status", "fix"]).json()["events"].clone();
-    assert!(events.as_array().unwrap().iter().any(|e| e["kind"] == "repaired"), "{events}");
+    assert!(
+        events.as_array().unwrap().iter().any(|e| e["kind"] == "repaired"),
+        "{events}"
+    );
 }
 
 #[test]
@@ -283,7 +366,12 @@ fn logs_are_streamed() {
         if r.stdout.contains("line-one") && r.stderr.contains("to-stderr") {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "logs missing output: {} / {}", r.stdout, r.stderr);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "logs missing output: {} / {}",
+            r.stdout,
+            r.stderr
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     // All components, prefixed.
@@ -324,9 +412,13 @@ fn network_and_port_exhaustion() {
     );
     let r = agent.mcp(&["deploy", "three"]);
     r.expect_code(1, "port exhaustion");
-    assert!(r.stderr.contains(&format!("no free host port in {base}-{}", base + 1)), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("no free host port in {base}-{}", base + 1)),
+        "{}",
+        r.stderr
+    );
     assert!(agent.containers().is_empty());
-    assert_eq!(agent.mcp(&["--json", "ps"]).json()["containers"].as_array().unwrap().len(), 0);
+    assert_eq!(ps_count(&agent), 0);
 
     // Two routes fit, on a user-defined network created on demand.
     agent.define(
@@ -337,7 +429,9 @@ fn network_and_port_exhaustion() {
         ),
     );
     agent.mcp(&["deploy", "two"]).expect_code(0, "deploy on network");
-    let nets = agent.inspect("two-a", "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}").unwrap();
+    let nets = agent
+        .inspect("two-a", "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}")
+        .unwrap();
     assert!(nets.contains(&net), "{nets}");
     assert!(http_get(base, "/version.txt", WAIT).is_some());
     agent.mcp(&["undeploy", "two"]).expect_code(0, "undeploy");
@@ -351,24 +445,72 @@ fn port_free(p: u16) -> bool {
 #[test]
 fn bad_input_through_the_cli_changes_nothing() {
     let agent = TestAgent::start("badcli");
-    let good = format!("name = \"svc\"\n[[components]]\nname = \"a\"\nimage = \"{}\"\n", web("v1"));
+    let good = format!(
+        "name = \"svc\"\n[[components]]\nname = \"a\"\nimage = \"{}\"\n",
+        web("v1")
+    );
     let cases: Vec<(&str, String, i32, Vec<&str>)> = vec![
         ("invalid toml", "name = \n".into(), 2, vec!["svc.toml", "line 1"]),
-        ("unknown field", format!("{good}colour = \"red\"\n"), 2, vec!["svc.toml", "components[0].colour", "unknown field"]),
-        ("latest tag", good.replace(":v1", ":latest"), 2, vec!["svc.toml", "components[a].image", "latest"]),
-        ("untagged", good.replace(":v1", ""), 2, vec!["components[a].image", "no tag"]),
+        (
+            "unknown field",
+            format!("{good}colour = \"red\"\n"),
+            2,
+            vec!["svc.toml", "components[0].colour", "unknown field"],
+        ),
+        (
+            "latest tag",
+            good.replace(":v1", ":latest"),
+            2,
+            vec!["svc.toml", "components[a].image", "latest"],
+        ),
+        (
+            "untagged",
+            good.replace(":v1", ""),
+            2,
+            vec!["components[a].image", "no tag"],
+        ),
         (
             "duplicate components",
             format!("{good}[[components]]\nname = \"a\"\nimage = \"{}\"\n", web("v1")),
             2,
             vec!["components[a].name", "duplicate component"],
         ),
-        ("node and tier", good.replace("name = \"svc\"", "name = \"svc\"\nnode = \"badcli\"\ntier = \"core\""), 2, vec!["node", "exclusive"]),
-        ("relative volume", format!("{good}volumes = [\"data:/data\"]\n"), 2, vec!["volumes[0]", "absolute"]),
-        ("bad mode", format!("{good}[[components.routes]]\nport = 80\nmode = \"l5\"\n"), 2, vec!["routes[0].mode", "l5"]),
-        ("bad hostname", format!("{good}[[components.routes]]\nport = 80\nhostname = \"x_y.example.net\"\n"), 2, vec!["hostname"]),
-        ("unknown node", good.replace("name = \"svc\"", "name = \"svc\"\nnode = \"nowhere\""), 2, vec!["unknown node \"nowhere\""]),
-        ("file/name mismatch", good.replace("name = \"svc\"", "name = \"other\""), 2, vec!["does not match the file name"]),
+        (
+            "node and tier",
+            good.replace("name = \"svc\"", "name = \"svc\"\nnode = \"badcli\"\ntier = \"core\""),
+            2,
+            vec!["node", "exclusive"],
+        ),
+        (
+            "relative volume",
+            format!("{good}volumes = [\"data:/data\"]\n"),
+            2,
+            vec!["volumes[0]", "absolute"],
+        ),
+        (
+            "bad mode",
+            format!("{good}[[components.routes]]\nport = 80\nmode = \"l5\"\n"),
+            2,
+            vec!["routes[0].mode", "l5"],
+        ),
+        (
+            "bad hostname",
+            format!("{good}[[components.routes]]\nport = 80\nhostname = \"x_y.example.net\"\n"),
+            2,
+            vec!["hostname"],
+        ),
+        (
+            "unknown node",
+            good.replace("name = \"svc\"", "name = \"svc\"\nnode = \"nowhere\""),
+            2,
+            vec!["unknown node \"nowhere\""],
+        ),
+        (
+            "file/name mismatch",
+            good.replace("name = \"svc\"", "name = \"other\""),
+            2,
+            vec!["does not match the file name"],
+        ),
     ];
     for (what, toml, code, fragments) in cases {
         agent.define("svc", &toml);
@@ -381,27 +523,44 @@ fn bad_input_through_the_cli_changes_nothing() {
     }
     // Unknown --node, unknown service, component that does not exist.
     agent.define("svc", &good);
-    agent.mcp(&["deploy", "svc", "--node", "ghost"]).expect_code(2, "unknown --node");
+    agent
+        .mcp(&["deploy", "svc", "--node", "ghost"])
+        .expect_code(2, "unknown --node");
     agent.mcp(&["deploy", "nosuch"]).expect_code(2, "no definition");
     agent.mcp(&["deploy", "svc/zzz"]).expect_code(2, "unknown component");
-    agent.mcp(&["stop", "svc"]).expect_code(2, "stop of an undeployed service");
-    agent.mcp(&["undeploy", "svc"]).expect_code(2, "undeploy of an undeployed service");
+    agent
+        .mcp(&["stop", "svc"])
+        .expect_code(2, "stop of an undeployed service");
+    agent
+        .mcp(&["undeploy", "svc"])
+        .expect_code(2, "undeploy of an undeployed service");
     agent.mcp(&["frobnicate"]).expect_code(2, "unknown command");
     assert!(agent.containers().is_empty());
-    assert_eq!(agent.mcp(&["--json", "ps"]).json()["containers"].as_array().unwrap().len(), 0);
+    assert_eq!(ps_count(&agent), 0);
 
     // `mcp validate` reports every problem at once.
     let dir = agent.dir.join("to-validate");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("svc.toml"), good.replace(":v1", ":latest").replace("name = \"a\"", "name = \"A\"")).unwrap();
+    std::fs::write(
+        dir.join("svc.toml"),
+        good.replace(":v1", ":latest").replace("name = \"a\"", "name = \"A\""),
+    )
+    .unwrap();
     std::fs::write(dir.join("ok.toml"), good.replace("name = \"svc\"", "name = \"ok\"")).unwrap();
     let r = agent.mcp(&["validate", dir.to_str().unwrap()]);
     r.expect_code(2, "validate");
-    assert!(r.stderr.contains("components[0].name") && r.stderr.contains("image"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("components[0].name") && r.stderr.contains("image"),
+        "{}",
+        r.stderr
+    );
 
     // An unreachable agent: clear error, exit 1.
     let cfg = std::fs::read_to_string(agent.dir.join("mcp.toml")).unwrap();
-    let dead = cfg.replace(&format!("127.0.0.1:{}\"]", agent.port), &format!("127.0.0.1:{}\"]", mcp_tests::free_port()));
+    let dead = cfg.replace(
+        &format!("127.0.0.1:{}\"]", agent.port),
+        &format!("127.0.0.1:{}\"]", mcp_tests::free_port()),
+    );
     std::fs::write(agent.dir.join("dead.toml"), dead).unwrap();
     let out = std::process::Command::new(mcp_tests::bin("mcp"))
         .args(["--direct", "--config"])
@@ -410,7 +569,11 @@ fn bad_input_through_the_cli_changes_nothing() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn raw_spec(image: &str) -> proto::ServiceSpec {
@@ -445,10 +608,25 @@ async fn bad_input_through_raw_grpc_changes_nothing() {
     dup.components.push(dup.components[0].clone());
     let cases: Vec<(&str, Option<proto::ServiceSpec>, tonic::Code, &str)> = vec![
         ("no service", None, tonic::Code::InvalidArgument, "no service"),
-        ("latest", Some(raw_spec(&web("latest"))), tonic::Code::InvalidArgument, "components[a].image"),
-        ("pinned elsewhere", Some(pinned), tonic::Code::InvalidArgument, "pinned to node \"elsewhere\""),
+        (
+            "latest",
+            Some(raw_spec(&web("latest"))),
+            tonic::Code::InvalidArgument,
+            "components[a].image",
+        ),
+        (
+            "pinned elsewhere",
+            Some(pinned),
+            tonic::Code::InvalidArgument,
+            "pinned to node \"elsewhere\"",
+        ),
         ("bad route", Some(bad_route), tonic::Code::InvalidArgument, "1..=65535"),
-        ("duplicate component", Some(dup), tonic::Code::InvalidArgument, "duplicate component"),
+        (
+            "duplicate component",
+            Some(dup),
+            tonic::Code::InvalidArgument,
+            "duplicate component",
+        ),
     ];
     for (what, spec, code, fragment) in cases {
         let e = client.deploy(deploy(spec)).await.expect_err(what);
@@ -463,18 +641,38 @@ async fn bad_input_through_raw_grpc_changes_nothing() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
-    let listed = client.list_services(proto::ListServicesRequest {}).await.unwrap().into_inner();
+    let listed = client
+        .list_services(proto::ListServicesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert!(listed.services.is_empty());
     assert!(agent.containers().is_empty());
 
     // Failed step: the error carries the per-step results.
-    let e = client.deploy(deploy(Some(raw_spec(&web("missing-tag"))))).await.unwrap_err();
+    let e = client
+        .deploy(deploy(Some(raw_spec(&web("missing-tag")))))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
     use prost::Message;
     let details = proto::OperationResponse::decode(e.details()).unwrap();
-    let failed: Vec<_> = details.steps.iter().filter(|s| !s.success).map(|s| s.step.as_str()).collect();
+    let failed: Vec<_> = details
+        .steps
+        .iter()
+        .filter(|s| !s.success)
+        .map(|s| s.step.as_str())
+        .collect();
     assert_eq!(failed, ["containers"]);
-    assert!(client.list_services(proto::ListServicesRequest {}).await.unwrap().into_inner().services.is_empty());
+    assert!(
+        client
+            .list_services(proto::ListServicesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .services
+            .is_empty()
+    );
 
     // Identities: an agent certificate may not drive another agent; no
     // certificate at all is unauthenticated; a foreign CA is refused.
@@ -523,10 +721,20 @@ async fn plaintext_tls12_and_anonymous_clients_are_refused() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() || text.contains("alert protocol version"), "TLS 1.2 accepted:\n{text}");
+    assert!(
+        !out.status.success() || text.contains("alert protocol version"),
+        "TLS 1.2 accepted:\n{text}"
+    );
     // TLS 1.3 works and negotiates h2.
     let out = std::process::Command::new("openssl")
-        .args(["s_client", "-tls1_3", "-alpn", "h2", "-connect", &format!("127.0.0.1:{}", agent.port)])
+        .args([
+            "s_client",
+            "-tls1_3",
+            "-alpn",
+            "h2",
+            "-connect",
+            &format!("127.0.0.1:{}", agent.port),
+        ])
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
@@ -569,7 +777,13 @@ fn rustls_roots(ca: &std::path::Path) -> rustls::RootCertStore {
 fn registry_and_keys_are_private() {
     let agent = TestAgent::start("modes");
     use std::os::unix::fs::PermissionsExt;
-    for p in ["data/mcp.db", "data/ca/ca.key", "data/tls/agent.key", "operator/key.pem", "agent.toml"] {
+    for p in [
+        "data/mcp.db",
+        "data/ca/ca.key",
+        "data/tls/agent.key",
+        "operator/key.pem",
+        "agent.toml",
+    ] {
         let mode = std::fs::metadata(agent.dir.join(p)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{p}");
     }
@@ -578,7 +792,11 @@ fn registry_and_keys_are_private() {
     // A key readable by others is refused at start, with a clear message.
     let mut agent = agent;
     agent.stop();
-    std::fs::set_permissions(agent.dir.join("data/tls/agent.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        agent.dir.join("data/tls/agent.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     let out = mcp_tests::as_user(&mcp_tests::bin("mcp-agent"))
         .args(["run", "--config"])
         .arg(agent.dir.join("agent.toml"))
@@ -590,10 +808,18 @@ fn registry_and_keys_are_private() {
         stderr: String::from_utf8_lossy(&out.stderr).into(),
     };
     r.expect_code(1, "open key");
-    assert!(r.stderr.contains("agent.key is readable by group or others"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("agent.key is readable by group or others"),
+        "{}",
+        r.stderr
+    );
 }
 
 fn rusqlite_journal_mode(path: &std::path::Path) -> String {
-    let out = std::process::Command::new("sqlite3").arg(path).arg("PRAGMA journal_mode;").output().unwrap();
+    let out = std::process::Command::new("sqlite3")
+        .arg(path)
+        .arg("PRAGMA journal_mode;")
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

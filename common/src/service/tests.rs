@@ -16,10 +16,7 @@ fn problems(doc: &str) -> Vec<(String, String)> {
     match parse("web.toml", doc) {
         Err(DefinitionError::Parse { field, reason, .. }) => vec![(field, reason)],
         Err(e) => panic!("unexpected error {e}"),
-        Ok(def) => validate(&def)
-            .into_iter()
-            .map(|e| (e.field, e.reason))
-            .collect(),
+        Ok(def) => validate(&def).into_iter().map(|e| (e.field, e.reason)).collect(),
     }
 }
 
@@ -33,8 +30,7 @@ fn check(doc: &str, expected: &[(&str, &str)]) {
     );
     for (field, fragment) in expected {
         assert!(
-            got.iter()
-                .any(|(f, r)| f.starts_with(field) && r.contains(fragment)),
+            got.iter().any(|(f, r)| f.starts_with(field) && r.contains(fragment)),
             "document:\n{doc}\nmissing ({field}, {fragment}) in {got:?}"
         );
     }
@@ -88,14 +84,8 @@ restart = "on-failure:3"
 
 #[test]
 fn parse_errors_name_the_field() {
-    check(
-        &format!("colour = \"red\"\n{BASE}"),
-        &[("colour", "unknown field")],
-    );
-    check(
-        &with("imagee = \"x\"\n"),
-        &[("components[0].imagee", "unknown field")],
-    );
+    check(&format!("colour = \"red\"\n{BASE}"), &[("colour", "unknown field")]);
+    check(&with("imagee = \"x\"\n"), &[("components[0].imagee", "unknown field")]);
     check(
         &with("[[components.routes]]\nport = 1\nmodee = \"l4\"\n"),
         &[("components[0].routes[0].modee", "unknown field")],
@@ -191,14 +181,8 @@ fn component_rules() {
             "volumes = [\"/srv/a:/a:rx\"]\n",
             &[("components[api].volumes[0]", "unknown volume option")],
         ),
-        (
-            "env = [\"NOVALUE\"]\n",
-            &[("components[api].env[0]", "KEY=VALUE")],
-        ),
-        (
-            "env = [\"1BAD=x\"]\n",
-            &[("components[api].env[0]", "valid variable")],
-        ),
+        ("env = [\"NOVALUE\"]\n", &[("components[api].env[0]", "KEY=VALUE")]),
+        ("env = [\"1BAD=x\"]\n", &[("components[api].env[0]", "valid variable")]),
         (
             "env = [\"A=1\", \"A=2\"]\n",
             &[("components[api].env[1]", "duplicate variable")],
@@ -211,10 +195,7 @@ fn component_rules() {
             "network = \"host\"\n[[components.routes]]\nport = 80\n",
             &[("components[api].network", "cannot publish")],
         ),
-        (
-            "user = \"a b\"\n",
-            &[("components[api].user", "without spaces")],
-        ),
+        ("user = \"a b\"\n", &[("components[api].user", "without spaces")]),
         (
             "restart = \"sometimes\"\n",
             &[("components[api].restart", "unknown restart policy")],
@@ -223,14 +204,8 @@ fn component_rules() {
             "restart = \"on-failure:x\"\n",
             &[("components[api].restart", "unknown restart policy")],
         ),
-        (
-            "memory = \"lots\"\n",
-            &[("components[api].memory", "not a size")],
-        ),
-        (
-            "memory = \"12Q\"\n",
-            &[("components[api].memory", "unknown unit")],
-        ),
+        ("memory = \"lots\"\n", &[("components[api].memory", "not a size")]),
+        ("memory = \"12Q\"\n", &[("components[api].memory", "unknown unit")]),
         ("memory = \"1M\"\n", &[("components[api].memory", "below")]),
         ("cpus = 0.0\n", &[("components[api].cpus", "CPU count")]),
         ("cpus = -1.0\n", &[("components[api].cpus", "CPU count")]),
@@ -344,10 +319,7 @@ fn route_rules() {
 #[test]
 fn health_rules() {
     let cases: &[(&str, &[(&str, &str)])] = &[
-        (
-            "health = { kind = \"tcp\" }\n[[components.routes]]\nport = 80\n",
-            &[],
-        ),
+        ("health = { kind = \"tcp\" }\n[[components.routes]]\nport = 80\n", &[]),
         (
             "health = { kind = \"icmp\" }\n[[components.routes]]\nport = 80\n",
             &[("components[api].health.kind", "unknown kind")],
@@ -413,10 +385,7 @@ fn helpers() {
     assert_eq!(container_name("web", "api"), "web-api");
     assert_eq!(container_name("web", "web"), "web");
     assert_eq!(image_version("r:5000/web:v1.2"), "v1.2");
-    assert_eq!(
-        image_version("web@sha256:0123456789abcdef0123"),
-        "0123456789ab"
-    );
+    assert_eq!(image_version("web@sha256:0123456789abcdef0123"), "0123456789ab");
     assert_eq!(parse_memory("512M").unwrap(), 512 << 20);
     assert_eq!(parse_memory("2Gi").unwrap(), 2 << 30);
     assert_eq!(parse_memory("1.5g").unwrap(), 3 << 29);

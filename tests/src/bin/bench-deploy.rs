@@ -10,7 +10,11 @@ use mcp_tests::{REGISTRY, TestAgent, as_user, free_port, http_get};
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -31,7 +35,12 @@ fn main() {
     let podman = std::path::Path::new("/usr/bin/podman");
 
     // Warm-up (not measured): first create on a fresh podman service is slow.
-    agent.define("warm", &format!("name = \"warm\"\n[[components]]\nname = \"web\"\nimage = \"{image}\"\n[[components.routes]]\nport = 8080\n"));
+    agent.define(
+        "warm",
+        &format!(
+            "name = \"warm\"\n[[components]]\nname = \"web\"\nimage = \"{image}\"\n[[components.routes]]\nport = 8080\n"
+        ),
+    );
     agent.mcp(&["deploy", "warm"]).expect_code(0, "warm-up deploy");
     agent.mcp(&["undeploy", "warm"]).expect_code(0, "warm-up undeploy");
 
@@ -59,11 +68,22 @@ fn main() {
             let t = Instant::now();
             let out = as_user(podman)
                 .args(["run", "-d", "--name", &raw_name, "--restart", "unless-stopped"])
-                .args(["-p", &format!("0.0.0.0:{port}:{port}"), "-e", "MODE=bench", "-e", &format!("PORT={port}")])
+                .args([
+                    "-p",
+                    &format!("0.0.0.0:{port}:{port}"),
+                    "-e",
+                    "MODE=bench",
+                    "-e",
+                    &format!("PORT={port}"),
+                ])
                 .args(["--label", "mcp.bench=raw", &image])
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "podman run: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "podman run: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             t.elapsed().as_secs_f64() * 1000.0
         };
         let (m, r) = if i % 2 == 0 {
@@ -74,14 +94,20 @@ fn main() {
             (run_mcp(), r)
         };
         // Both must actually serve.
-        assert!(http_get(port, "/version.txt", Duration::from_secs(10)).is_some(), "raw container serves");
+        assert!(
+            http_get(port, "/version.txt", Duration::from_secs(10)).is_some(),
+            "raw container serves"
+        );
         println!("{i:>5}  {m:>15.1}  {r:>18.1}  {:>5.2}", m / r);
         mcp_ms.push(m);
         raw_ms.push(r);
         ratios.push(m / r);
         agent.mcp(&["undeploy", &svc]).expect_code(0, "undeploy");
         let _ = Command::new(podman);
-        as_user(podman).args(["rm", "-f", "-t", "0", &raw_name]).output().unwrap();
+        as_user(podman)
+            .args(["rm", "-f", "-t", "0", &raw_name])
+            .output()
+            .unwrap();
     }
     let (mm, rm, ratio) = (median(&mut mcp_ms), median(&mut raw_ms), median(&mut ratios));
     println!();
@@ -93,8 +119,15 @@ fn main() {
     std::thread::sleep(Duration::from_secs(3));
     let pid = agent.pid().expect("agent running");
     let kib = rss_kib(pid);
-    println!("agent idle RSS        {:.1} MiB (target <= 15 MiB)", kib as f64 / 1024.0);
+    println!(
+        "agent idle RSS        {:.1} MiB (target <= 15 MiB)",
+        kib as f64 / 1024.0
+    );
     let bin = mcp_tests::bin("mcp-agent");
     let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
-    println!("agent binary          {:.1} MiB ({})", size as f64 / 1048576.0, bin.display());
+    println!(
+        "agent binary          {:.1} MiB ({})",
+        size as f64 / 1048576.0,
+        bin.display()
+    );
 }
