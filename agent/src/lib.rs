@@ -1,6 +1,7 @@
 //! mcp-agent: runs a node's services as rootless podman containers and
 //! records them in its SQLite registry.
 
+pub mod link;
 pub mod node;
 pub mod ops;
 pub mod plan;

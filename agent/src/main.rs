@@ -36,6 +36,44 @@ enum Command {
     Init(InitArgs),
     /// Issue a client certificate from the local CA (e.g. for an operator).
     IssueCert(IssueArgs),
+    /// Join a fleet: exchange a join token (`mcp node add`) for this
+    /// agent's certificate and write a configuration pointing at the master.
+    Join(JoinArgs),
+}
+
+#[derive(clap::Args)]
+struct JoinArgs {
+    /// Join token printed by `mcp node add <name>`.
+    #[arg(long, env = "MCP_JOIN_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Master address (host:port).
+    #[arg(long)]
+    master: String,
+    /// Role of this node: worker, edge or master.
+    #[arg(long, default_value = "worker")]
+    role: String,
+    /// gRPC listen address.
+    #[arg(long, default_value = "0.0.0.0:9444")]
+    listen: String,
+    /// Address others use to reach this node.
+    #[arg(long, default_value = "127.0.0.1")]
+    address: String,
+    /// host:port the master dials (default <address>:<listen port>).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// State directory (registry, certificates).
+    #[arg(long, default_value = "/srv/mcp")]
+    data_dir: PathBuf,
+    /// podman API socket; default $XDG_RUNTIME_DIR/podman/podman.sock.
+    #[arg(long)]
+    podman_socket: Option<PathBuf>,
+    #[arg(long, default_value_t = 10000)]
+    port_min: u16,
+    #[arg(long, default_value_t = 60000)]
+    port_max: u16,
+    /// Replace an existing configuration (re-joining a reinstalled node).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args)]
@@ -97,6 +135,7 @@ fn main() -> std::process::ExitCode {
         Command::Run => run(&cli.config),
         Command::Init(a) => init(&cli.config, a),
         Command::IssueCert(a) => issue(a),
+        Command::Join(a) => join(&cli.config, a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -135,6 +174,7 @@ fn init(config: &Path, a: InitArgs) -> Result<()> {
     let listen = a.listen.parse().with_context(|| format!("--listen {:?}", a.listen))?;
     let ca_dir = a.ca_dir.clone().unwrap_or_else(|| a.data_dir.join("ca"));
     let tls_dir = a.data_dir.join("tls");
+    mcp_common::fsutil::private_dir(&a.data_dir)?;
     let ca = Ca::load_or_create(&ca_dir, "mcp")?;
     let cert = tls_dir.join("agent.pem");
     let key = tls_dir.join("agent.key");
@@ -180,6 +220,8 @@ fn init(config: &Path, a: InitArgs) -> Result<()> {
                 max: a.port_max,
             },
             log: LogSection::default(),
+            master: None,
+            mcias: None,
         };
         let text = toml::to_string_pretty(&cfg)?;
         mcp_common::fsutil::write_atomic(config, text.as_bytes(), 0o600)?;
@@ -193,22 +235,70 @@ fn init(config: &Path, a: InitArgs) -> Result<()> {
     Ok(())
 }
 
-fn init_logging(log: &LogSection) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MCP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if log.format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
+fn join(config: &Path, a: JoinArgs) -> Result<()> {
+    let token = mcp_common::join::JoinToken::parse(&a.token).map_err(|e| anyhow::anyhow!("--token: {e}"))?;
+    if config.exists() && !a.force {
+        bail!(
+            "{} exists: this node is configured already (use --force to re-join)",
+            config.display()
+        );
     }
+    let listen: std::net::SocketAddr = a.listen.parse().with_context(|| format!("--listen {:?}", a.listen))?;
+    let (mut dns, mut ips): (Vec<String>, Vec<IpAddr>) = (
+        vec![token.node.clone(), "localhost".into()],
+        vec!["127.0.0.1".parse()?, "::1".parse()?],
+    );
+    match a.address.parse::<IpAddr>() {
+        Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+        Ok(_) => {}
+        Err(_) => dns.push(a.address.clone()),
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let joined = rt.block_on(mcp_agent::link::join(&a.master, &token, dns, ips))?;
+    mcp_common::fsutil::private_dir(&a.data_dir)?;
+    let tls = TlsFiles {
+        cert: a.data_dir.join("tls/agent.pem"),
+        key: a.data_dir.join("tls/agent.key"),
+        ca: a.data_dir.join("tls/ca.pem"),
+    };
+    mcp_common::pki::Issued {
+        chain_pem: joined.chain_pem,
+        key_pem: joined.key_pem,
+    }
+    .write(&tls.cert, &tls.key)?;
+    mcp_common::fsutil::write_atomic(&tls.ca, joined.ca_pem.as_bytes(), 0o644)?;
+    let cfg = AgentConfig {
+        agent: AgentSection {
+            name: token.node.clone(),
+            listen,
+            address: a.address,
+            data_dir: a.data_dir,
+        },
+        tls,
+        podman: PodmanSection {
+            socket: a.podman_socket,
+            ..Default::default()
+        },
+        ports: PortsSection {
+            min: a.port_min,
+            max: a.port_max,
+        },
+        log: LogSection::default(),
+        master: Some(mcp_common::config::AgentMasterSection {
+            address: a.master,
+            role: a.role,
+            advertise: a.advertise,
+        }),
+        mcias: None,
+    };
+    mcp_common::fsutil::write_atomic(config, toml::to_string_pretty(&cfg)?.as_bytes(), 0o600)?;
+    println!("joined the fleet as agent-{}; wrote {}", token.node, config.display());
+    Ok(())
 }
 
 fn run(config: &Path) -> Result<()> {
     let cfg = AgentConfig::load(config)?;
-    init_logging(&cfg.log);
+    mcp_common::logging::init(&cfg.log);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -217,7 +307,7 @@ fn run(config: &Path) -> Result<()> {
 }
 
 async fn serve(cfg: AgentConfig) -> Result<()> {
-    let tls = mcp_common::tls::server_config(&cfg.tls)?;
+    let (tls, cert_store) = mcp_common::tls::server_config(&cfg.tls)?;
     let registry = Registry::open(&cfg.registry_path())?;
     let socket = cfg.podman.socket.clone().unwrap_or_else(podman::default_socket);
     let podman = Podman::connect(
@@ -233,6 +323,8 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
         .await
         .with_context(|| format!("listen on {}", cfg.agent.listen))?;
     let agent = Arc::new(Agent::new(cfg.clone(), registry, podman, version));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let link = tokio::spawn(mcp_agent::link::run(agent.clone(), cert_store, stop_rx));
     if let Err(e) = agent.repair_interrupted().await {
         tracing::warn!(error = %e, "could not check for interrupted deploys");
     }
@@ -245,10 +337,12 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
     );
     let svc = mcp_common::proto::mcp_agent_service_server::McpAgentServiceServer::new(AgentService::new(agent));
     tonic::transport::Server::builder()
-        .layer(mcp_common::tls::AuthzLayer)
+        .layer(mcp_common::tls::AuthzLayer::new())
         .add_service(svc)
         .serve_with_incoming_shutdown(mcp_common::tls::incoming(listener, tls), shutdown())
         .await?;
+    let _ = stop_tx.send(true);
+    let _ = link.await;
     tracing::info!("mcp-agent stopped; containers keep running");
     Ok(())
 }

@@ -1,6 +1,9 @@
 //! `mcp`: the operator's command-line interface.
 
+mod conn;
+mod defs;
 mod direct;
+mod fleet;
 mod output;
 
 use std::path::PathBuf;
@@ -30,7 +33,7 @@ macro_rules! usage {
     name = "mcp",
     version = mcp_common::LONG_VERSION,
     about = "mcp: run services as rootless podman containers across a fleet",
-    after_help = "Examples:\n  mcp --direct deploy web\n  mcp --direct ps\n  mcp --direct logs web -f\n  mcp validate ~/.config/mcp/services"
+    after_help = "Examples:\n  mcp deploy web\n  mcp ps\n  mcp sync --dry-run\n  mcp --direct ps          # straight to the agents, e.g. while the master is down\n  mcp validate ~/.config/mcp/services"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -121,6 +124,14 @@ pub enum Command {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Make the fleet match the services dir: deploy new, redeploy changed,
+    /// undeploy removed services (through the master).
+    #[command(after_help = "Examples:\n  mcp sync --dry-run\n  mcp sync")]
+    Sync {
+        /// Print the plan, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Nodes of the fleet.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -128,9 +139,36 @@ pub enum Command {
 
 #[derive(Subcommand)]
 pub enum NodeCommand {
-    /// List nodes with version, architecture and reachability.
-    #[command(after_help = "Example:\n  mcp --direct node list")]
+    /// List nodes: status, role, arch, version, last heartbeat.
+    #[command(after_help = "Examples:\n  mcp node list\n  mcp --direct node list")]
     List,
+    /// Print a one-time join token for a new node (through the master).
+    #[command(
+        after_help = "Example:\n  mcp node add hyperborea\n  # then on the node: mcp-agent join --master <addr> --token <token>"
+    )]
+    Add {
+        name: String,
+        /// Token lifetime in seconds (default: the master's, 1 hour).
+        #[arg(long, default_value_t = 0)]
+        ttl: u64,
+    },
+}
+
+/// Loads the configuration and runs the command in the right mode.
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let out = output::Out { json: cli.json };
+    if let Command::Validate { paths } = &cli.command {
+        return defs::validate(paths, &out);
+    }
+    let (path, explicit) = conn::config_path(cli.config.as_deref());
+    let cfg = mcp_common::config::CliConfig::load(&path, explicit).map_err(|e| UsageError(e.to_string()))?;
+    let direct = cli.direct || cfg.master.is_none();
+    let ctx = conn::Ctx { cfg, path, out };
+    if direct {
+        direct::run(&ctx, cli.command).await
+    } else {
+        fleet::run(&ctx, cli.command).await
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -146,7 +184,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    match rt.block_on(direct::run(cli)) {
+    match rt.block_on(run(cli)) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             let usage = e.downcast_ref::<UsageError>().is_some();

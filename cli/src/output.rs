@@ -35,16 +35,39 @@ fn print_table(t: &Table) {
     }
 }
 
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// "3d4h", "5m12s": time since `since` (Unix seconds).
 pub fn age(since: i64) -> String {
     if since <= 0 {
         return "-".into();
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    duration((now - since).max(0) as u64)
+    duration((now() - since).max(0) as u64)
+}
+
+/// Copies a log stream to stdout/stderr; with `prefix`, each line is
+/// prefixed with its component.
+pub async fn stream_logs(mut stream: tonic::Streaming<proto::LogChunk>, prefix: bool) -> Result<(), tonic::Status> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    while let Some(chunk) = stream.message().await? {
+        let w: &mut dyn Write = if chunk.stderr { &mut stderr } else { &mut stdout };
+        if prefix {
+            for line in String::from_utf8_lossy(&chunk.data).split_inclusive('\n') {
+                let _ = write!(w, "{} | {line}", chunk.component);
+            }
+        } else {
+            let _ = w.write_all(&chunk.data);
+        }
+        let _ = w.flush();
+    }
+    Ok(())
 }
 
 /// Compact duration.
@@ -179,8 +202,15 @@ impl Out {
         }
     }
 
-    /// `mcp ps`: SERVICE COMPONENT NODE STATE VERSION UPTIME.
-    pub fn ps(&self, listed: &[(String, Result<proto::ListServicesResponse, String>)]) {
+    /// `mcp ps`: SERVICE COMPONENT NODE STATE VERSION UPTIME. `missing`:
+    /// placed services their node does not report; `orphans`: services
+    /// running where the master did not place them.
+    pub fn ps(
+        &self,
+        listed: &[(String, Result<proto::ListServicesResponse, String>)],
+        missing: &[String],
+        orphans: &[String],
+    ) {
         if self.json {
             let mut rows = Vec::new();
             let mut unreachable = Vec::new();
@@ -198,7 +228,9 @@ impl Out {
                     Err(e) => unreachable.push(json!({"node": node, "error": e})),
                 }
             }
-            print_json(&json!({"containers": rows, "unreachable": unreachable}));
+            print_json(
+                &json!({"containers": rows, "unreachable": unreachable, "missing": missing, "orphans": orphans}),
+            );
             return;
         }
         let mut t = table(&["SERVICE", "COMPONENT", "NODE", "STATE", "VERSION", "UPTIME"]);
@@ -243,6 +275,122 @@ impl Out {
                 eprintln!("warning: node {node} unreachable: {e}");
             }
         }
+        for m in missing {
+            eprintln!("warning: placed but not running: {m}");
+        }
+        for o in orphans {
+            eprintln!("warning: orphan (not placed there by the master): {o}");
+        }
+    }
+
+    /// Result of an operation through the master.
+    pub fn fleet_operation(&self, r: &proto::FleetOperationResponse) {
+        let Some(result) = &r.result else { return };
+        if !self.json && !r.placement.is_empty() {
+            println!("placement: {} ({})", r.node, r.placement);
+        }
+        self.operation(&r.node, result, true);
+    }
+
+    /// The plan (and results) of `mcp sync`.
+    pub fn sync(&self, r: &proto::SyncResponse) {
+        if self.json {
+            let rows: Vec<Value> = r
+                .actions
+                .iter()
+                .map(|a| {
+                    json!({"service": a.service, "action": a.action, "node": a.node, "changed": a.changed,
+                           "success": a.success, "error": a.error})
+                })
+                .collect();
+            print_json(&json!({"dry_run": r.dry_run, "actions": rows}));
+            return;
+        }
+        let mut t = table(&["SERVICE", "ACTION", "NODE", "CHANGED", "RESULT"]);
+        for a in &r.actions {
+            let result = if r.dry_run {
+                "planned".to_string()
+            } else if a.success {
+                "ok".to_string()
+            } else {
+                format!("FAILED: {}", a.error)
+            };
+            t.add_row(vec![
+                a.service.clone(),
+                a.action.clone(),
+                if a.node.is_empty() { "-".into() } else { a.node.clone() },
+                if a.changed.is_empty() {
+                    "-".into()
+                } else {
+                    a.changed.join(", ")
+                },
+                result,
+            ]);
+        }
+        print_table(&t);
+        if r.dry_run {
+            println!("dry run: nothing was changed");
+        }
+    }
+
+    /// `mcp node list` through the master.
+    pub fn fleet_nodes(&self, nodes: &[proto::NodeInfo]) {
+        if self.json {
+            let rows: Vec<Value> = nodes
+                .iter()
+                .map(|n| {
+                    json!({"name": n.name, "address": n.address, "version": n.version, "status": n.status,
+                           "status_reason": n.status_reason, "role": n.role, "arch": n.arch, "last_seen": n.last_seen,
+                           "containers": n.containers, "cpus": n.cpus, "cpu_load": n.cpu_load,
+                           "memory_total_bytes": n.memory_total_bytes, "memory_available_bytes": n.memory_available_bytes,
+                           "disk_total_bytes": n.disk_total_bytes, "disk_available_bytes": n.disk_available_bytes})
+                })
+                .collect();
+            print_json(&json!({ "nodes": rows }));
+            return;
+        }
+        let mut t = table(&[
+            "NAME",
+            "ADDRESS",
+            "VERSION",
+            "STATUS",
+            "ROLE",
+            "ARCH",
+            "LAST SEEN",
+            "CONTAINERS",
+        ]);
+        for n in nodes {
+            t.add_row(vec![
+                n.name.clone(),
+                n.address.clone(),
+                n.version.clone(),
+                n.status.clone(),
+                n.role.clone(),
+                n.arch.clone(),
+                format!("{} ago", age(n.last_seen)),
+                n.containers.to_string(),
+            ]);
+        }
+        print_table(&t);
+        for n in nodes.iter().filter(|n| !n.status_reason.is_empty()) {
+            eprintln!("note: {}: {}", n.name, n.status_reason);
+        }
+    }
+
+    /// A fresh join token and how to use it.
+    pub fn join_token(&self, r: &proto::AddNodeResponse, master: &str) {
+        if self.json {
+            print_json(&json!({"node": r.name, "token": r.token, "expires_at": r.expires_at}));
+            return;
+        }
+        println!(
+            "join token for {} (single use, expires in {}):",
+            r.name,
+            duration((r.expires_at - now()).max(0) as u64)
+        );
+        println!("{}", r.token);
+        println!();
+        println!("on {}: mcp-agent join --master {master} --token <token>", r.name);
     }
 
     /// `mcp status <svc>`.

@@ -68,6 +68,31 @@ pub struct AgentConfig {
     pub ports: PortsSection,
     #[serde(default)]
     pub log: LogSection,
+    /// The fleet master; absent for a stand-alone agent (`--direct` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<AgentMasterSection>,
+    /// Accept MCIAS bearer tokens besides client certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcias: Option<crate::mcias::MciasConfig>,
+}
+
+/// `[master]` of an agent: where to register and heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentMasterSection {
+    /// Master's `host:port`.
+    pub address: String,
+    /// This node's role: `worker`, `edge` or `master`.
+    #[serde(default = "default_role")]
+    pub role: String,
+    /// `host:port` the master dials to reach this agent; default
+    /// `<agent.address>:<agent.listen port>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+}
+
+fn default_role() -> String {
+    "worker".to_string()
 }
 
 /// `[agent]`: who this node is and where it keeps its state.
@@ -210,15 +235,248 @@ impl AgentConfig {
                 ),
             ));
         }
-        if self.log.format != "text" && self.log.format != "json" {
-            return Err(ConfigError::new(path, "log.format", "expected \"text\" or \"json\""));
+        check_log(path, &self.log)?;
+        if let Some(m) = &self.master
+            && !matches!(m.role.as_str(), "worker" | "edge" | "master")
+        {
+            return Err(ConfigError::new(
+                path,
+                "master.role",
+                "expected \"worker\", \"edge\" or \"master\"",
+            ));
         }
         Ok(())
+    }
+
+    /// `host:port` the master should dial to reach this agent.
+    pub fn advertised(&self) -> String {
+        self.master
+            .as_ref()
+            .and_then(|m| m.advertise.clone())
+            .unwrap_or_else(|| format!("{}:{}", self.agent.address, self.agent.listen.port()))
     }
 
     /// Path of the registry database.
     pub fn registry_path(&self) -> PathBuf {
         self.agent.data_dir.join("mcp.db")
+    }
+}
+
+fn check_log(path: &Path, log: &LogSection) -> Result<(), ConfigError> {
+    if log.format != "text" && log.format != "json" {
+        return Err(ConfigError::new(path, "log.format", "expected \"text\" or \"json\""));
+    }
+    Ok(())
+}
+
+/// `mcp-master` configuration (`/srv/mcp-master/mcp-master.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterConfig {
+    pub master: MasterSection,
+    pub tls: TlsFiles,
+    #[serde(default)]
+    pub timeouts: TimeoutsSection,
+    #[serde(default)]
+    pub heartbeat: HeartbeatSection,
+    #[serde(default)]
+    pub registration: RegistrationSection,
+    #[serde(default)]
+    pub reconcile: ReconcileSection,
+    #[serde(default)]
+    pub log: LogSection,
+    /// Accept MCIAS bearer tokens besides client certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcias: Option<crate::mcias::MciasConfig>,
+}
+
+/// `[master]`: identity and state of the master.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterSection {
+    /// Node the master runs on (its agent hosts the `core` tier).
+    pub node: String,
+    /// gRPC listen address.
+    #[serde(default = "default_master_listen")]
+    pub listen: SocketAddr,
+    /// Fleet database, CA and snapshots live here.
+    #[serde(default = "default_master_dir")]
+    pub data_dir: PathBuf,
+}
+
+/// `[timeouts]` in seconds (SPEC §7).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSection {
+    #[serde(default = "default_deploy_timeout")]
+    pub deploy: u64,
+    #[serde(default = "default_undeploy_timeout")]
+    pub undeploy: u64,
+    #[serde(default = "default_health_timeout")]
+    pub health_check: u64,
+    #[serde(default = "default_edge_timeout")]
+    pub edge_route: u64,
+    #[serde(default = "default_snapshot_timeout")]
+    pub snapshot: u64,
+}
+
+/// `[heartbeat]` in seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatSection {
+    /// How often agents heartbeat.
+    #[serde(default = "default_heartbeat_interval")]
+    pub interval: u64,
+    /// Silence after which the master probes a node.
+    #[serde(default = "default_silent_after")]
+    pub silent_after: u64,
+    /// How often the master looks for silent nodes.
+    #[serde(default = "default_check_every")]
+    pub check_every: u64,
+}
+
+/// `[registration]`: who may join and how often agents may call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationSection {
+    /// Node names allowed to register; empty allows any joined node.
+    #[serde(default)]
+    pub allowlist: Vec<String>,
+    /// Most nodes the fleet may have; 0 for no limit.
+    #[serde(default)]
+    pub max_nodes: u32,
+    /// Minimum seconds between two Register calls of a node.
+    #[serde(default = "default_register_interval")]
+    pub register_interval: u64,
+    /// Minimum seconds between two Heartbeat calls of a node.
+    #[serde(default = "default_heartbeat_min")]
+    pub heartbeat_min_interval: u64,
+    /// Lifetime of a join token, seconds.
+    #[serde(default = "default_join_ttl")]
+    pub join_token_ttl: u64,
+    /// Lifetime of agent certificates, days.
+    #[serde(default = "default_cert_days")]
+    pub cert_days: i64,
+}
+
+/// `[reconcile]`: what the master does on start.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileSection {
+    /// Also repair what it can (else it only reports and fixes its own records).
+    #[serde(default)]
+    pub repair: bool,
+}
+
+fn default_master_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9555))
+}
+fn default_master_dir() -> PathBuf {
+    PathBuf::from("/srv/mcp-master")
+}
+fn default_deploy_timeout() -> u64 {
+    300
+}
+fn default_undeploy_timeout() -> u64 {
+    120
+}
+fn default_health_timeout() -> u64 {
+    5
+}
+fn default_edge_timeout() -> u64 {
+    30
+}
+fn default_snapshot_timeout() -> u64 {
+    600
+}
+fn default_heartbeat_interval() -> u64 {
+    30
+}
+fn default_silent_after() -> u64 {
+    90
+}
+fn default_check_every() -> u64 {
+    10
+}
+fn default_register_interval() -> u64 {
+    60
+}
+fn default_heartbeat_min() -> u64 {
+    10
+}
+fn default_join_ttl() -> u64 {
+    3600
+}
+fn default_cert_days() -> i64 {
+    90
+}
+
+impl Default for TimeoutsSection {
+    fn default() -> Self {
+        TimeoutsSection {
+            deploy: default_deploy_timeout(),
+            undeploy: default_undeploy_timeout(),
+            health_check: default_health_timeout(),
+            edge_route: default_edge_timeout(),
+            snapshot: default_snapshot_timeout(),
+        }
+    }
+}
+
+impl Default for HeartbeatSection {
+    fn default() -> Self {
+        HeartbeatSection {
+            interval: default_heartbeat_interval(),
+            silent_after: default_silent_after(),
+            check_every: default_check_every(),
+        }
+    }
+}
+
+impl Default for RegistrationSection {
+    fn default() -> Self {
+        RegistrationSection {
+            allowlist: Vec::new(),
+            max_nodes: 0,
+            register_interval: default_register_interval(),
+            heartbeat_min_interval: default_heartbeat_min(),
+            join_token_ttl: default_join_ttl(),
+            cert_days: default_cert_days(),
+        }
+    }
+}
+
+impl MasterConfig {
+    /// Loads and checks a master configuration file.
+    pub fn load(path: &Path) -> Result<MasterConfig, ConfigError> {
+        let cfg: MasterConfig = load(path)?;
+        crate::service::check_name(&cfg.master.node).map_err(|r| ConfigError::new(path, "master.node", r))?;
+        if !cfg.master.data_dir.is_absolute() {
+            return Err(ConfigError::new(path, "master.data_dir", "must be an absolute path"));
+        }
+        for (i, n) in cfg.registration.allowlist.iter().enumerate() {
+            crate::service::check_name(n)
+                .map_err(|r| ConfigError::new(path, &format!("registration.allowlist[{i}]"), r))?;
+        }
+        if cfg.heartbeat.interval == 0 || cfg.heartbeat.silent_after <= cfg.heartbeat.interval {
+            return Err(ConfigError::new(
+                path,
+                "heartbeat.silent_after",
+                "must be longer than heartbeat.interval (which must be > 0)",
+            ));
+        }
+        check_log(path, &cfg.log)?;
+        Ok(cfg)
+    }
+
+    /// Path of the fleet database.
+    pub fn db_path(&self) -> PathBuf {
+        self.master.data_dir.join("fleet.db")
+    }
+
+    /// Directory of the fleet CA.
+    pub fn ca_dir(&self) -> PathBuf {
+        self.master.data_dir.join("ca")
     }
 }
 
@@ -459,6 +717,36 @@ mod tests {
             },
             ports: PortsSection::default(),
             log: LogSection::default(),
+            master: Some(AgentMasterSection {
+                address: "m:9555".into(),
+                role: "worker".into(),
+                advertise: Some("a:9444".into()),
+            }),
+            mcias: None,
+        };
+        let master = MasterConfig {
+            master: MasterSection {
+                node: "n".into(),
+                listen: default_master_listen(),
+                data_dir: default_master_dir(),
+            },
+            tls: TlsFiles {
+                cert: "/c".into(),
+                key: "/k".into(),
+                ca: "/a".into(),
+            },
+            timeouts: TimeoutsSection::default(),
+            heartbeat: HeartbeatSection::default(),
+            registration: RegistrationSection {
+                allowlist: vec!["n".into()],
+                ..Default::default()
+            },
+            reconcile: ReconcileSection::default(),
+            log: LogSection::default(),
+            mcias: Some(crate::mcias::MciasConfig {
+                ca: Some("/ca".into()),
+                ..crate::mcias::MciasConfig::new("https://mcias:8443")
+            }),
         };
         let cli = CliConfig {
             master: Some(MasterRef { address: "m:1".into() }),
@@ -477,9 +765,21 @@ mod tests {
             }],
         };
         let mut all = Vec::new();
+        let mut master_keys = Vec::new();
+        keys("", &toml::Value::try_from(&master).unwrap(), &mut master_keys);
+        all.extend(master_keys.into_iter().map(|k| format!("mcp-master.toml: {k}")));
         keys("", &toml::Value::try_from(&agent).unwrap(), &mut all);
         keys("", &toml::Value::try_from(&cli).unwrap(), &mut all);
-        let missing: Vec<_> = all.iter().filter(|k| !doc.contains(&format!("`{k}`"))).collect();
+        // Master keys are listed in their own table as `key` too; look them
+        // up under their section of the document.
+        let master_doc = doc.split("## Master").nth(1).unwrap_or_default();
+        let missing: Vec<_> = all
+            .iter()
+            .filter(|k| match k.strip_prefix("mcp-master.toml: ") {
+                Some(key) => !master_doc.contains(&format!("`{key}`")),
+                None => !doc.contains(&format!("`{k}`")),
+            })
+            .collect();
         assert!(missing.is_empty(), "docs/configuration.md misses {missing:?}");
         assert!(all.len() > 20, "{all:?}");
     }

@@ -71,6 +71,12 @@ pub fn check_private(path: &Path) -> Result<(), FileError> {
     Ok(())
 }
 
+/// Creates a directory (and parents) readable by its owner only (0700).
+pub fn private_dir(path: &Path) -> Result<(), FileError> {
+    std::fs::create_dir_all(path).map_err(io(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(io(path))
+}
+
 /// Creates `path` (empty) with mode 0600 if it does not exist, and tightens
 /// the mode if it does; used for databases before SQLite opens them.
 pub fn ensure_private_file(path: &Path) -> Result<(), FileError> {

@@ -92,24 +92,71 @@ impl fmt::Display for Identity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Allow,
+    /// Maps to `Unauthenticated`: no (valid) credentials.
+    Unauthenticated(String),
     /// Maps to `PermissionDenied`, with the reason.
     Deny(String),
 }
 
-/// Callers allowed on every RPC of the agent service: the master, and
-/// operators in `--direct` mode (SPEC §6).
-const AGENT_SERVICE: (&str, &[Role]) = ("/mcp.v1.McpAgentService/", &[Role::Master, Role::Human]);
+/// Who may call an RPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Any of these roles.
+    Roles(&'static [Role]),
+    /// An agent, about its own node only: the node named in the `mcp-node`
+    /// request metadata must be the caller's (`agent-<node>`).
+    AgentSelf,
+    /// No caller identity needed: the request carries its own credential
+    /// (a one-time join token), checked by the handler.
+    Token,
+}
 
-/// The authorization table: gRPC path prefix → roles allowed.
-const TABLE: &[(&str, &[Role])] = &[AGENT_SERVICE];
+/// Request metadata key naming the node an agent acts for.
+pub const NODE_METADATA: &str = "mcp-node";
 
-/// Decides whether `who` may call the gRPC method at `path`
-/// (`/package.Service/Method`). Unknown paths are denied.
-pub fn authorize(path: &str, who: &Identity) -> Decision {
-    match TABLE.iter().find(|(prefix, _)| path.starts_with(prefix)) {
-        Some((_, roles)) if roles.contains(&who.role()) => Decision::Allow,
-        Some(_) => Decision::Deny(format!("{who} may not call {path}")),
-        None => Decision::Deny(format!("{path} is not an mcp RPC")),
+/// The authorization table (SPEC §6): gRPC path prefix → policy. The first
+/// matching prefix wins, so specific methods precede their service.
+pub const TABLE: &[(&str, Policy)] = &[
+    // master → agent (and operators in --direct mode)
+    ("/mcp.v1.McpAgentService/", Policy::Roles(&[Role::Master, Role::Human])),
+    // CLI → master
+    ("/mcp.v1.McpMasterService/", Policy::Roles(&[Role::Human, Role::Master])),
+    // agent → master
+    ("/mcp.v1.McpRegistrationService/Join", Policy::Token),
+    ("/mcp.v1.McpRegistrationService/", Policy::AgentSelf),
+];
+
+/// The policy of the gRPC method at `path`, if it is an mcp RPC.
+pub fn policy(path: &str) -> Option<Policy> {
+    TABLE
+        .iter()
+        .find(|(prefix, _)| path.starts_with(prefix))
+        .map(|(_, p)| *p)
+}
+
+/// Decides whether `who` (None: no credentials) may call the gRPC method at
+/// `path` (`/package.Service/Method`); `claimed_node` is the `mcp-node`
+/// metadata. Unknown paths are denied.
+pub fn authorize(path: &str, who: Option<&Identity>, claimed_node: Option<&str>) -> Decision {
+    let Some(policy) = policy(path) else {
+        return Decision::Deny(format!("{path} is not an mcp RPC"));
+    };
+    if policy == Policy::Token {
+        return Decision::Allow;
+    }
+    let Some(who) = who else {
+        return Decision::Unauthenticated("a client certificate or token carrying an mcp identity is required".into());
+    };
+    match policy {
+        Policy::Roles(roles) if roles.contains(&who.role()) => Decision::Allow,
+        Policy::Roles(_) => Decision::Deny(format!("{who} may not call {path}")),
+        Policy::AgentSelf => match (who, claimed_node) {
+            (Identity::Agent(n), Some(c)) if n == c => Decision::Allow,
+            (Identity::Agent(n), Some(c)) => Decision::Deny(format!("agent-{n} may not act for node {c}")),
+            (Identity::Agent(_), None) => Decision::Deny(format!("{path} needs the {NODE_METADATA} metadata")),
+            _ => Decision::Deny(format!("only agents may call {path}, not {who}")),
+        },
+        Policy::Token => Decision::Allow,
     }
 }
 
@@ -139,20 +186,51 @@ mod tests {
         assert_eq!(Identity::Agent("rift".into()).common_name(), "agent-rift");
     }
 
+    /// One row per (path, caller, claimed node) → expected decision kind.
     #[test]
-    fn agent_rpcs() {
-        let path = "/mcp.v1.McpAgentService/Deploy";
-        let cases = [
-            (Identity::Human("kyle".into()), true),
-            (Identity::Master, true),
-            (Identity::Agent("rift".into()), false),
+    fn table() {
+        let human = Identity::Human("kyle".into());
+        let a = Identity::Agent("a".into());
+        let m = Identity::Master;
+        let cases: &[(&str, Option<&Identity>, Option<&str>, &str)] = &[
+            ("/mcp.v1.McpAgentService/Deploy", Some(&human), None, "allow"),
+            ("/mcp.v1.McpAgentService/Deploy", Some(&m), None, "allow"),
+            ("/mcp.v1.McpAgentService/Deploy", Some(&a), None, "deny"),
+            ("/mcp.v1.McpAgentService/Deploy", None, None, "unauthenticated"),
+            ("/mcp.v1.McpMasterService/Deploy", Some(&human), None, "allow"),
+            ("/mcp.v1.McpMasterService/Deploy", Some(&m), None, "allow"),
+            ("/mcp.v1.McpMasterService/AddNode", Some(&a), Some("a"), "deny"),
+            ("/mcp.v1.McpRegistrationService/Register", Some(&a), Some("a"), "allow"),
+            ("/mcp.v1.McpRegistrationService/Register", Some(&a), Some("b"), "deny"),
+            ("/mcp.v1.McpRegistrationService/Heartbeat", Some(&a), None, "deny"),
+            (
+                "/mcp.v1.McpRegistrationService/Heartbeat",
+                Some(&human),
+                Some("a"),
+                "deny",
+            ),
+            (
+                "/mcp.v1.McpRegistrationService/IssueCertificate",
+                Some(&m),
+                None,
+                "deny",
+            ),
+            (
+                "/mcp.v1.McpRegistrationService/Register",
+                None,
+                Some("a"),
+                "unauthenticated",
+            ),
+            ("/mcp.v1.McpRegistrationService/Join", None, None, "allow"),
+            ("/other.Service/X", Some(&m), None, "deny"),
         ];
-        for (who, allowed) in cases {
-            assert_eq!(authorize(path, &who) == Decision::Allow, allowed, "{who}");
+        for (path, who, node, want) in cases {
+            let got = match authorize(path, *who, *node) {
+                Decision::Allow => "allow",
+                Decision::Deny(_) => "deny",
+                Decision::Unauthenticated(_) => "unauthenticated",
+            };
+            assert_eq!(got, *want, "{path} {who:?} {node:?}");
         }
-        assert!(matches!(
-            authorize("/other.Service/X", &Identity::Master),
-            Decision::Deny(_)
-        ));
     }
 }

@@ -13,8 +13,13 @@ pub mod convert;
 pub mod db;
 pub mod fsutil;
 pub mod identity;
+pub mod join;
+pub mod logging;
+pub mod mcias;
 pub mod pki;
+pub mod placement;
 pub mod service;
+pub mod sync;
 pub mod tls;
 
 /// Version of this build, shown by every binary.

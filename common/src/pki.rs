@@ -159,6 +159,75 @@ impl Ca {
     }
 }
 
+/// A key made locally and a CSR for it: the key never leaves the node.
+pub struct Request {
+    pub key_pem: String,
+    pub csr_pem: String,
+}
+
+/// Makes a new key and a CSR asking for `identity` with these SANs.
+pub fn make_csr(identity: &Identity, dns_names: &[String], ips: &[IpAddr]) -> Result<Request, PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, identity.common_name());
+    params.distinguished_name = dn;
+    let mut sans = vec![SanType::URI(identity.uri().try_into()?)];
+    for d in dns_names {
+        sans.push(SanType::DnsName(d.clone().try_into()?));
+    }
+    sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    params.subject_alt_names = sans;
+    let csr = params.serialize_request(&key)?;
+    Ok(Request {
+        key_pem: key.serialize_pem(),
+        csr_pem: csr.pem()?,
+    })
+}
+
+/// SHA-256 of the first certificate in `pem` (hex): pins a CA out of band.
+pub fn fingerprint(pem: &str) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let der = crate::tls::parse_certs(pem.as_bytes()).ok()?.into_iter().next()?;
+    Some(hex::encode(Sha256::digest(der.as_ref())))
+}
+
+impl Ca {
+    /// Signs a CSR as `identity`. The subject and URI SAN come from the
+    /// identity the caller proved, never from the CSR; the DNS and IP SANs
+    /// the CSR asks for are kept. Returns the chain (leaf, CA), PEM.
+    pub fn sign_csr(&self, csr_pem: &str, identity: &Identity, days: i64) -> Result<String, PkiError> {
+        let invalid = |reason: String| PkiError::Invalid {
+            path: "certificate signing request".into(),
+            reason,
+        };
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| invalid(e.to_string()))?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, identity.common_name());
+        dn.push(DnType::OrganizationName, "mcp");
+        let mut sans = vec![SanType::URI(identity.uri().try_into()?)];
+        for san in &csr.params.subject_alt_names {
+            match san {
+                SanType::DnsName(_) | SanType::IpAddress(_) => sans.push(san.clone()),
+                _ => {}
+            }
+        }
+        let now = OffsetDateTime::now_utc();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn;
+        params.subject_alt_names = sans;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = now - Duration::minutes(5);
+        params.not_after = now + Duration::days(days.max(1));
+        csr.params = params;
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)?;
+        let cert = csr.signed_by(&issuer)?;
+        Ok(format!("{}{}", cert.pem(), self.cert_pem))
+    }
+}
+
 impl Issued {
     /// Writes the chain (0644) and key (0600).
     pub fn write(&self, cert: &Path, key: &Path) -> Result<(), FileError> {
@@ -173,6 +242,46 @@ pub fn seconds_until_expiry(pem: &str) -> Option<i64> {
     let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
     let not_after = cert.validity().not_after.timestamp();
     Some(not_after - OffsetDateTime::now_utc().unix_timestamp())
+}
+
+/// (seconds left, total lifetime in seconds) of the first certificate.
+pub fn lifetime(pem: &str) -> Option<(i64, i64)> {
+    let der = crate::tls::parse_certs(pem.as_bytes()).ok()?.into_iter().next()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let (from, to) = (
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    );
+    Some((to - OffsetDateTime::now_utc().unix_timestamp(), to - from))
+}
+
+/// DNS and IP SANs of the first certificate (to ask for them again).
+pub fn sans(pem: &str) -> (Vec<String>, Vec<IpAddr>) {
+    let mut dns = Vec::new();
+    let mut ips = Vec::new();
+    let Some(der) = crate::tls::parse_certs(pem.as_bytes())
+        .ok()
+        .and_then(|c| c.into_iter().next())
+    else {
+        return (dns, ips);
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
+        return (dns, ips);
+    };
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => dns.push(d.to_string()),
+                x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                    4 => ips.push(IpAddr::from(<[u8; 4]>::try_from(*b).expect("length checked"))),
+                    16 => ips.push(IpAddr::from(<[u8; 16]>::try_from(*b).expect("length checked"))),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    (dns, ips)
 }
 
 #[cfg(test)]
@@ -195,7 +304,20 @@ mod tests {
         assert_eq!(certs.len(), 2);
         assert_eq!(Identity::from_cert_der(&certs[0]), Some(Identity::Agent("rift".into())));
         let left = seconds_until_expiry(&issued.chain_pem).unwrap();
+        let (l, total) = lifetime(&issued.chain_pem).unwrap();
+        assert!((l - left).abs() < 5 && total > 30 * 86400, "{l} {total}");
+        assert_eq!(
+            sans(&issued.chain_pem),
+            (vec!["rift".to_string()], vec!["127.0.0.1".parse().unwrap()])
+        );
         assert!((29 * 86400..=30 * 86400).contains(&left), "{left}");
+        // A CSR asking for another identity gets the one the CA decides.
+        let req = make_csr(&Identity::Agent("evil".into()), &["rift.lan".into()], &[]).unwrap();
+        let chain = ca.sign_csr(&req.csr_pem, &Identity::Agent("rift".into()), 90).unwrap();
+        let certs = crate::tls::parse_certs(chain.as_bytes()).unwrap();
+        assert_eq!(Identity::from_cert_der(&certs[0]), Some(Identity::Agent("rift".into())));
+        assert!(ca.sign_csr("garbage", &Identity::Master, 1).is_err());
+        assert_eq!(fingerprint(ca.cert_pem()).unwrap().len(), 64);
         // Reloading keeps the same CA.
         let again = Ca::load(dir.path()).unwrap();
         assert_eq!(again.cert_pem(), ca.cert_pem());

@@ -90,22 +90,137 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The server certificate of a listener, swappable while serving so a
+/// renewed certificate takes effect without a restart.
+#[derive(Debug)]
+pub struct CertStore {
+    files: TlsFiles,
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl CertStore {
+    /// Loads the certificate chain and key of `files`.
+    pub fn load(files: &TlsFiles) -> Result<Arc<CertStore>, TlsError> {
+        Ok(Arc::new(CertStore {
+            files: files.clone(),
+            current: std::sync::RwLock::new(Arc::new(certified_key(files)?)),
+        }))
+    }
+
+    /// Re-reads the files (after a renewal wrote them).
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let key = Arc::new(certified_key(&self.files)?);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = key;
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
+fn certified_key(files: &TlsFiles) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    rustls::sign::CertifiedKey::from_der(read_certs(&files.cert)?, read_key(&files.key)?, &provider())
+        .map_err(|e| TlsError::Config(format!("{}: {e}", files.cert.display())))
+}
+
 /// Server side: TLS 1.3 only, ALPN h2. Client certificates are verified
 /// against the CA when presented; a connection without one is let through
 /// TLS so that the gRPC layer can answer `Unauthenticated` precisely.
-pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+/// The returned store swaps in a renewed certificate.
+pub fn server_config(files: &TlsFiles) -> Result<(Arc<ServerConfig>, Arc<CertStore>), TlsError> {
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(&files.ca)?, provider())
         .allow_unauthenticated()
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
+    let store = CertStore::load(files)?;
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(read_certs(&files.cert)?, read_key(&files.key)?)
-        .map_err(|e| TlsError::Config(format!("{}: {e}", files.cert.display())))?;
+        .with_cert_resolver(store.clone());
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok((Arc::new(cfg), store))
+}
+
+/// Client side for joining: no client certificate yet, and no CA file yet:
+/// the server must present a chain containing the CA whose SHA-256 is
+/// `ca_fingerprint` (from the join token), its leaf must verify against
+/// that CA and carry `expect`.
+pub fn pinned_client_config(ca_fingerprint: &str, expect: Identity) -> Result<Arc<ClientConfig>, TlsError> {
+    let verifier = Arc::new(PinnedCaVerifier {
+        fingerprint: ca_fingerprint.to_ascii_lowercase(),
+        expect,
+    });
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+#[derive(Debug)]
+struct PinnedCaVerifier {
+    fingerprint: String,
+    expect: Identity,
+}
+
+impl ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        use sha2::{Digest, Sha256};
+        let ca = intermediates
+            .iter()
+            .find(|c| hex::encode(Sha256::digest(c.as_ref())) == self.fingerprint)
+            .ok_or_else(|| {
+                rustls::Error::General("the server did not present the CA pinned by the join token".into())
+            })?;
+        let mut store = RootCertStore::empty();
+        store
+            .add(ca.clone().into_owned())
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        IdentityVerifier {
+            inner,
+            expect: Some(self.expect.clone()),
+        }
+        .verify_server_cert(end_entity, &[], server_name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &provider().signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider().signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Client side: TLS 1.3 only, presents our certificate, and verifies the
@@ -113,17 +228,31 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
 /// identity; it is then accepted even when the address dialled is not in
 /// its certificate (fallback addresses, NAT).
 pub fn client_config(files: &TlsFiles, expect: Option<Identity>) -> Result<Arc<ClientConfig>, TlsError> {
-    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots(&files.ca)?, provider())
+    client_config_for(&files.ca, Some((&files.cert, &files.key)), expect)
+}
+
+/// Like [`client_config`], with an optional client certificate (callers
+/// authenticating with a bearer token present none).
+pub fn client_config_for(
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+    expect: Option<Identity>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots(ca)?, provider())
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let verifier = Arc::new(IdentityVerifier { inner, expect });
-    let mut cfg = ClientConfig::builder_with_provider(provider())
+    let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(read_certs(&files.cert)?, read_key(&files.key)?)
-        .map_err(|e| TlsError::Config(format!("{}: {e}", files.cert.display())))?;
+        .with_custom_certificate_verifier(verifier);
+    let mut cfg = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
+            .map_err(|e| TlsError::Config(format!("{}: {e}", cert.display())))?,
+        None => builder.with_no_client_auth(),
+    };
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -330,26 +459,70 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Tower layer authenticating and authorizing every gRPC request from the
-/// peer certificate. The caller's [`Identity`] is put into the request
-/// extensions for handlers.
-#[derive(Debug, Clone, Default)]
-pub struct AuthzLayer;
+/// Validates bearer tokens (MCIAS mode) into identities. A failure is the
+/// status to answer with (`Unauthenticated`, or `Unavailable` when the
+/// identity service cannot be asked: never allowed by default).
+pub trait TokenValidator: Send + Sync {
+    /// The identity a token stands for.
+    fn validate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Identity, tonic::Status>>;
+}
+
+/// Tower layer authenticating and authorizing every gRPC request: the
+/// identity comes from the verified peer certificate, else (when a
+/// validator is configured) from an `authorization: Bearer` token; the
+/// decision comes from [`crate::identity::TABLE`]. The caller's
+/// [`Identity`] is put into the request extensions for handlers.
+#[derive(Clone, Default)]
+pub struct AuthzLayer {
+    tokens: Option<Arc<dyn TokenValidator>>,
+}
+
+impl AuthzLayer {
+    /// Certificates only.
+    pub fn new() -> Self {
+        AuthzLayer { tokens: None }
+    }
+
+    /// Certificates, and bearer tokens checked by `tokens`.
+    pub fn with_tokens(tokens: Arc<dyn TokenValidator>) -> Self {
+        AuthzLayer { tokens: Some(tokens) }
+    }
+}
+
+impl std::fmt::Debug for AuthzLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthzLayer")
+            .field("tokens", &self.tokens.is_some())
+            .finish()
+    }
+}
 
 impl<S> tower::Layer<S> for AuthzLayer {
     type Service = Authz<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Authz { inner }
+        Authz {
+            inner,
+            tokens: self.tokens.clone(),
+        }
     }
 }
 
 /// Service produced by [`AuthzLayer`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Authz<S> {
     inner: S,
+    tokens: Option<Arc<dyn TokenValidator>>,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+fn header(req: &http::Request<impl Sized>, name: &str) -> Option<String> {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
 
 impl<S, B, R> tower::Service<http::Request<B>> for Authz<S>
 where
@@ -360,43 +533,57 @@ where
 {
     type Response = http::Response<R>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let identity = req
+        let from_cert = req
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(|info| info.peer_certs())
             .and_then(|certs| certs.first().and_then(|c| Identity::from_cert_der(c)));
+        let claimed = header(&req, crate::identity::NODE_METADATA);
+        let bearer = header(&req, "authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_string));
         let path = req.uri().path().to_string();
-        let denied = match identity {
-            None => Some(tonic::Status::unauthenticated(
-                "a client certificate carrying an mcp identity is required",
-            )),
-            Some(id) => match authorize(&path, &id) {
-                Decision::Allow => {
-                    req.extensions_mut().insert(id);
-                    None
+        let tokens = self.tokens.clone();
+        // Standard tower pattern: call the service that was polled ready.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let identity = match (from_cert, bearer, tokens) {
+                (Some(id), _, _) => Some(id),
+                (None, Some(token), Some(v)) => match v.validate(&token).await {
+                    Ok(id) => Some(id),
+                    Err(status) => {
+                        tracing::warn!(%path, code = ?status.code(), "bearer token refused");
+                        return Ok(status.into_http());
+                    }
+                },
+                (None, Some(_), None) => {
+                    return Ok(tonic::Status::unauthenticated(
+                        "bearer tokens are not accepted here (no MCIAS configured)",
+                    )
+                    .into_http());
                 }
+                (None, None, _) => None,
+            };
+            match authorize(&path, identity.as_ref(), claimed.as_deref()) {
+                Decision::Allow => {
+                    if let Some(id) = identity {
+                        req.extensions_mut().insert(id);
+                    }
+                    inner.call(req).await
+                }
+                Decision::Unauthenticated(reason) => Ok(tonic::Status::unauthenticated(reason).into_http()),
                 Decision::Deny(reason) => {
                     tracing::warn!(%path, %reason, "permission denied");
-                    Some(tonic::Status::permission_denied(reason))
+                    Ok(tonic::Status::permission_denied(reason).into_http())
                 }
-            },
-        };
-        match denied {
-            Some(status) => Box::pin(async move { Ok(status.into_http()) }),
-            None => {
-                // Standard tower pattern: use the service that was polled ready.
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(inner.call(req))
             }
-        }
+        })
     }
 }
 

@@ -1,0 +1,6 @@
+//! mcp-master: the fleet master. Places services on nodes, coordinates
+//! deploys, tracks node health, owns the fleet CA.
+
+pub mod db;
+pub mod fleet;
+pub mod server;
