@@ -20,6 +20,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-env-changed=MCP_GIT_COMMIT");
     println!("cargo:rerun-if-changed=../.git/HEAD");
     let fds = protox::compile(&files, [&root])?;
+    // The descriptors themselves, so tests can walk every RPC of every service.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("mcp_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -157,7 +157,9 @@ async fn session(agent: &Agent, store: &CertStore, address: &str, node: &str) ->
 async fn heartbeat(agent: &Agent, node: &str) -> proto::HeartbeatRequest {
     let (mem_total, mem_avail) = crate::node::memory();
     let (disk_total, disk_avail) = crate::node::disk(&agent.cfg.agent.data_dir);
-    let (containers, _) = agent.podman.count().await.unwrap_or((0, 0));
+    // The containers this agent runs (what placement balances), not others
+    // the user may run by hand.
+    let (containers, _) = agent.podman.count_node(node).await.unwrap_or((0, 0));
     proto::HeartbeatRequest {
         name: node.to_string(),
         cpu_load: crate::node::load1(),

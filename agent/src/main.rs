@@ -308,6 +308,10 @@ fn run(config: &Path) -> Result<()> {
 
 async fn serve(cfg: AgentConfig) -> Result<()> {
     let (tls, cert_store) = mcp_common::tls::server_config(&cfg.tls)?;
+    let layer = match &cfg.mcias {
+        Some(m) => mcp_common::tls::AuthzLayer::with_tokens(Arc::new(mcp_common::mcias::Mcias::new(m)?)),
+        None => mcp_common::tls::AuthzLayer::new(),
+    };
     let registry = Registry::open(&cfg.registry_path())?;
     let socket = cfg.podman.socket.clone().unwrap_or_else(podman::default_socket);
     let podman = Podman::connect(
@@ -337,7 +341,7 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
     );
     let svc = mcp_common::proto::mcp_agent_service_server::McpAgentServiceServer::new(AgentService::new(agent));
     tonic::transport::Server::builder()
-        .layer(mcp_common::tls::AuthzLayer::new())
+        .layer(layer)
         .add_service(svc)
         .serve_with_incoming_shutdown(mcp_common::tls::incoming(listener, tls), shutdown())
         .await?;

@@ -419,12 +419,14 @@ impl Podman {
         }))
     }
 
-    /// Containers, all or only those carrying the mcp service label, by name.
-    async fn list(&self, managed_only: bool) -> Result<HashMap<String, Observed>, PodmanError> {
+    /// Containers, all or only those carrying `label` (`key` or
+    /// `key=value`), by name.
+    async fn list(&self, label: Option<&str>) -> Result<HashMap<String, Observed>, PodmanError> {
         let mut path = "/v1.41/containers/json?all=true".to_string();
-        if managed_only {
+        if let Some(label) = label {
+            let filter = serde_json::json!({ "label": [label] }).to_string();
             path.push_str("&filters=");
-            path.push_str(&percent_encode(&format!("{{\"label\":[\"{LABEL_SERVICE}\"]}}")));
+            path.push_str(&percent_encode(&filter));
         }
         let err = |reason: String| PodmanError::Other(format!("list containers: {reason}"));
         let (status, body) = self.request("GET", &path).await.map_err(err)?;
@@ -457,12 +459,19 @@ impl Podman {
 
     /// Every container carrying the mcp service label, by name.
     pub async fn list_managed(&self) -> Result<HashMap<String, Observed>, PodmanError> {
-        self.list(true).await
+        self.list(Some(LABEL_SERVICE)).await
+    }
+
+    /// (all, running) containers this node's agent created.
+    pub async fn count_node(&self, node: &str) -> Result<(u32, u32), PodmanError> {
+        let ours = self.list(Some(&format!("{LABEL_NODE}={node}"))).await?;
+        let running = ours.values().filter(|o| o.running()).count();
+        Ok((ours.len() as u32, running as u32))
     }
 
     /// Count of all containers and of running ones (managed or not).
     pub async fn count(&self) -> Result<(u32, u32), PodmanError> {
-        let all = self.list(false).await?;
+        let all = self.list(None).await?;
         let running = all.values().filter(|o| o.running()).count();
         Ok((all.len() as u32, running as u32))
     }

@@ -141,6 +141,21 @@ impl AgentService {
             .map(|(view, _)| service_info(&view, self.agent.name()))
     }
 
+    /// Runs a mutating operation in its own task: a caller that goes away
+    /// (deadline, crash of the master) must not cancel a deploy half-way,
+    /// which would skip its rollback.
+    async fn detached<T, F, Fut>(&self, op: F) -> Result<T, Status>
+    where
+        F: FnOnce(Arc<Agent>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, OpError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        match tokio::spawn(op(self.agent.clone())).await {
+            Ok(r) => r.map_err(status),
+            Err(e) => Err(Status::internal(format!("operation task failed: {e}"))),
+        }
+    }
+
     fn caller<T>(&self, req: &Request<T>) -> String {
         mcp_common::tls::caller(req).map(|i| i.to_string()).unwrap_or_default()
     }
@@ -159,7 +174,8 @@ impl McpAgentService for AgentService {
         let def = ServiceDef::from(&spec);
         let only = component(&r.component).map(str::to_string);
         tracing::info!(service = %def.name, component = ?only, %caller, request_id = %r.request_id, "deploy");
-        let mut outcome = self.agent.deploy(def.clone(), only).await.map_err(status)?;
+        let d = def.clone();
+        let mut outcome = self.detached(|a| async move { a.deploy(d, only).await }).await?;
         let info = match outcome.view.take() {
             Some(view) => Some(service_info(&view, self.agent.name())),
             None => self.current(&def.name).await,
@@ -174,11 +190,10 @@ impl McpAgentService for AgentService {
         let caller = self.caller(&req);
         let r = req.into_inner();
         tracing::info!(service = %r.name, %caller, request_id = %r.request_id, "stop");
+        let (name, comp) = (r.name.clone(), r.component.clone());
         let outcome = self
-            .agent
-            .stop(&r.name, component(&r.component))
-            .await
-            .map_err(status)?;
+            .detached(|a| async move { a.stop(&name, component(&comp)).await })
+            .await?;
         Ok(Response::new(response(outcome, self.current(&r.name).await)))
     }
 
@@ -189,11 +204,10 @@ impl McpAgentService for AgentService {
         let caller = self.caller(&req);
         let r = req.into_inner();
         tracing::info!(service = %r.name, %caller, request_id = %r.request_id, "start");
+        let (name, comp) = (r.name.clone(), r.component.clone());
         let outcome = self
-            .agent
-            .start(&r.name, component(&r.component))
-            .await
-            .map_err(status)?;
+            .detached(|a| async move { a.start(&name, component(&comp)).await })
+            .await?;
         Ok(Response::new(response(outcome, self.current(&r.name).await)))
     }
 
@@ -204,11 +218,10 @@ impl McpAgentService for AgentService {
         let caller = self.caller(&req);
         let r = req.into_inner();
         tracing::info!(service = %r.name, %caller, request_id = %r.request_id, "restart");
+        let (name, comp) = (r.name.clone(), r.component.clone());
         let outcome = self
-            .agent
-            .restart(&r.name, component(&r.component))
-            .await
-            .map_err(status)?;
+            .detached(|a| async move { a.restart(&name, component(&comp)).await })
+            .await?;
         Ok(Response::new(response(outcome, self.current(&r.name).await)))
     }
 
@@ -224,7 +237,8 @@ impl McpAgentService for AgentService {
             ));
         }
         tracing::info!(service = %r.name, %caller, request_id = %r.request_id, "undeploy");
-        let outcome = self.agent.undeploy(&r.name).await.map_err(status)?;
+        let name = r.name.clone();
+        let outcome = self.detached(|a| async move { a.undeploy(&name).await }).await?;
         Ok(Response::new(response(outcome, None)))
     }
 

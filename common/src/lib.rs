@@ -6,6 +6,10 @@ pub mod proto {
     //! Generated gRPC types; only this module and `convert` know prost types.
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("mcp.v1");
+
+    /// Encoded `google.protobuf.FileDescriptorSet` of every mcp proto: lets
+    /// tests enumerate each service's RPCs from what was compiled.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mcp_descriptor.bin"));
 }
 
 pub mod config;

@@ -6,9 +6,13 @@ use crate::config::LogSection;
 pub fn init(log: &LogSection) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MCP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    use std::io::IsTerminal;
+    // Colour only for people at a terminal, never in log files or journald.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     if log.format == "json" {
         builder.json().init();
     } else {

@@ -13,6 +13,7 @@ port=${3:-5055}
 (
     flock 9
     "$here/podman-user.sh" "$user" "$uid"
-    "$here/test-registry.sh" start "$port"
+    # 9>&-: the registry daemon must not inherit (and so hold) the lock.
+    "$here/test-registry.sh" start "$port" 9>&-
     "$here/test-images.sh" "$user" "127.0.0.1:$port"
 ) 9>/run/.mcp-test-env.lock

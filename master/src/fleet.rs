@@ -312,6 +312,9 @@ impl Master {
         {
             let mut nodes = self.write_nodes();
             let prev = nodes.get(node).cloned();
+            if prev.as_ref().is_some_and(|p| !p.healthy) {
+                tracing::info!(%node, "node healthy again (registered)");
+            }
             let row = NodeRow {
                 name: node.to_string(),
                 role: role.as_str().to_string(),
@@ -400,12 +403,14 @@ impl Master {
                 .ok_or_else(|| FleetError::NotFound(format!("unknown node {node:?}")))?;
             n.address.clone()
         };
-        let mut clients = self.clients.lock().await;
-        if let Some((addr, c)) = clients.get(node)
+        if let Some((addr, c)) = self.clients.lock().await.get(node)
             && *addr == address
         {
             return Ok(c.clone());
         }
+        // Dial without holding the cache lock: a fan-out dials its nodes in
+        // parallel, and a frozen node cannot hold up the others. Two calls
+        // racing for the same node may both dial; the last one is cached.
         let config = tls::client_config(&self.cfg.tls, Some(Identity::Agent(node.to_string())))
             .map_err(|e| FleetError::Internal(e.to_string()))?;
         let timeouts = tls::Timeouts {
@@ -419,7 +424,10 @@ impl Master {
                 reason: e.to_string(),
             })?;
         let client = McpAgentServiceClient::new(channel);
-        clients.insert(node.to_string(), (address, client.clone()));
+        self.clients
+            .lock()
+            .await
+            .insert(node.to_string(), (address, client.clone()));
         Ok(client)
     }
 
@@ -512,7 +520,12 @@ impl Master {
             Some(&self.cfg.master.node),
             current.as_ref().map(|c| c.node.as_str()),
         )
-        .map_err(|e| FleetError::Precondition(e.to_string()))?;
+        .map_err(|e| match e {
+            // Naming a node that does not exist is bad input; the rest is
+            // the fleet's state.
+            placement::PlacementError::UnknownNode { .. } => FleetError::Invalid(e.to_string()),
+            _ => FleetError::Precondition(e.to_string()),
+        })?;
         if let Some(c) = &current
             && c.node != placed.node
         {

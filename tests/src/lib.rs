@@ -3,22 +3,47 @@
 //! real TLS. Everything a test starts is torn down when its handle drops.
 
 use std::net::TcpListener;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use mcp_common::identity::Identity;
-use mcp_common::proto::mcp_agent_service_client::McpAgentServiceClient;
-use mcp_common::tls::{self, TlsFiles};
-use tonic::transport::Channel;
+mod agent;
+mod master;
 
-/// Rootless podman user of the tests.
-pub const TEST_USER: &str = "mcptest";
-/// Its pinned UID.
-pub const TEST_UID: u32 = 8501;
+pub use agent::TestAgent;
+pub use master::{TestMaster, wait_for};
+
+/// A rootless podman user the tests run agents as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct User {
+    pub name: &'static str,
+    pub uid: u32,
+}
+
+/// The default test user.
+pub const MCPTEST: User = User {
+    name: "mcptest",
+    uid: 8501,
+};
+
+/// Separate users for the nodes of fleet tests: each agent is truly its
+/// own node, with its own podman storage.
+pub const FLEET_USERS: [User; 3] = [
+    User {
+        name: "mcpt1",
+        uid: 8511,
+    },
+    User {
+        name: "mcpt2",
+        uid: 8512,
+    },
+    User {
+        name: "mcpt3",
+        uid: 8513,
+    },
+];
 /// Local registry on loopback.
 pub const REGISTRY: &str = "127.0.0.1:5055";
 
@@ -43,7 +68,7 @@ pub fn env() {
         );
         let script = repo_root().join("dev/lib/test-env.sh");
         let out = Command::new(&script)
-            .args([TEST_USER, &TEST_UID.to_string(), "5055"])
+            .args([MCPTEST.name, &MCPTEST.uid.to_string(), "5055"])
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
         assert!(
@@ -53,6 +78,29 @@ pub fn env() {
             String::from_utf8_lossy(&out.stderr)
         );
     });
+}
+
+/// Sets up (idempotently) another rootless podman user, once per process.
+pub fn ensure_user(user: User) {
+    env();
+    static DONE: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+    let mut done = DONE.lock().unwrap_or_else(|p| p.into_inner());
+    if done.contains(&user.uid) {
+        return;
+    }
+    let script = repo_root().join("dev/lib/podman-user.sh");
+    let out = Command::new(&script)
+        .args([user.name, &user.uid.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "setting up user {}: {}{}",
+        user.name,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    done.push(user.uid);
 }
 
 /// Path of a workspace binary built next to this test binary.
@@ -80,7 +128,7 @@ pub fn free_port() -> u16 {
 
 /// A random 200-port range for one agent's host ports, so concurrent test
 /// agents do not race for the same ports.
-fn port_range() -> (u16, u16) {
+pub fn port_range() -> (u16, u16) {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -90,18 +138,13 @@ fn port_range() -> (u16, u16) {
     (base, base + 199)
 }
 
-fn user_ids() -> (u32, u32) {
-    (TEST_UID, TEST_UID)
-}
-
-/// `runuser`-style command as the test user, with its rootless environment.
-pub fn as_user(program: &Path) -> Command {
+/// `runuser`-style command as `user`, with its rootless environment.
+pub fn as_user(user: User, program: &Path) -> Command {
     let mut c = Command::new(program);
-    let (uid, gid) = user_ids();
-    c.uid(uid)
-        .gid(gid)
-        .env("XDG_RUNTIME_DIR", format!("/run/user/{TEST_UID}"))
-        .env("HOME", format!("/home/{TEST_USER}"))
+    c.uid(user.uid)
+        .gid(user.uid)
+        .env("XDG_RUNTIME_DIR", format!("/run/user/{}", user.uid))
+        .env("HOME", format!("/home/{}", user.name))
         .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
         .current_dir("/");
     c
@@ -140,268 +183,21 @@ impl Run {
     }
 }
 
-/// One agent process with its own data dir, podman API socket, CA and an
-/// operator certificate, plus a CLI configuration pointing at it.
-pub struct TestAgent {
-    pub name: String,
-    pub dir: PathBuf,
-    pub port: u16,
-    pub ports: (u16, u16),
-    child: Option<Child>,
-}
-
-impl TestAgent {
-    /// Initializes and starts an agent named `name`.
-    pub fn start(name: &str) -> TestAgent {
-        let mut a = TestAgent::init(name, port_range());
-        a.run();
-        a
-    }
-
-    /// Initializes (config, CA, certificates) without starting.
-    pub fn init(name: &str, ports: (u16, u16)) -> TestAgent {
-        env();
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("mcp-it-{name}-"))
-            .tempdir_in("/tmp")
-            .unwrap()
-            .keep();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        chown(&dir);
-        std::fs::create_dir_all(dir.join("services")).unwrap();
-        std::fs::create_dir_all(dir.join("volumes")).unwrap();
-        chown(&dir.join("volumes"));
-        let port = free_port();
-        let out = as_user(&bin("mcp-agent"))
-            .args(["init", "--config"])
-            .arg(dir.join("agent.toml"))
-            .args(["--name", name, "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(dir.join("data"))
-            .arg("--podman-socket")
-            .arg(dir.join("podman.sock"))
-            .args(["--port-min", &ports.0.to_string(), "--port-max", &ports.1.to_string()])
-            .args(["--operator", "tester", "--operator-dir"])
-            .arg(dir.join("operator"))
-            .output()
-            .unwrap();
-        Run::from(out).expect_code(0, "mcp-agent init");
-        let dead = free_port();
-        let cli = format!(
-            "[auth]\ncert = \"{d}/operator/cert.pem\"\nkey = \"{d}/operator/key.pem\"\nca = \"{d}/operator/ca.pem\"\n\
-             [services]\ndir = \"{d}/services\"\n\
-             [[nodes]]\nname = \"{name}\"\n# the first address is dead: fallback addresses are tried in order\n\
-             address = [\"127.0.0.1:{dead}\", \"127.0.0.1:{port}\"]\n",
-            d = dir.display()
-        );
-        std::fs::write(dir.join("mcp.toml"), cli).unwrap();
-        TestAgent {
-            name: name.to_string(),
-            dir,
-            port,
-            ports,
-            child: None,
-        }
-    }
-
-    /// Starts the agent process and waits until it answers over TLS.
-    pub fn run(&mut self) {
-        assert!(self.child.is_none(), "agent already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("agent.log"))
-            .unwrap();
-        let child = as_user(&bin("mcp-agent"))
-            .arg("run")
-            .arg("--config")
-            .arg(self.dir.join("agent.toml"))
-            .env("MCP_LOG", "info,mcp_agent=debug")
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let r = self.mcp(&["node", "list", "--json"]);
-            if r.code == 0 {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("agent exited ({status}) during start:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not answer within 30 s:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Process id of the running agent.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// Sends SIGTERM and waits for a graceful exit.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if let Some(status) = c.try_wait().unwrap() {
-                    assert!(
-                        status.success(),
-                        "agent exited with {status} on SIGTERM:\n{}",
-                        self.log()
-                    );
-                    return;
-                }
-                assert!(Instant::now() < deadline, "agent ignored SIGTERM");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-
-    /// Kills the agent with SIGKILL (a crash).
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// The agent's log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
-    }
-
-    /// Writes a service definition into the CLI's services dir.
-    pub fn define(&self, name: &str, toml: &str) -> PathBuf {
-        let p = self.dir.join("services").join(format!("{name}.toml"));
-        std::fs::write(&p, toml).unwrap();
-        p
-    }
-
-    /// Runs `mcp --direct --config <ours> args…`.
-    pub fn mcp(&self, args: &[&str]) -> Run {
-        let out = Command::new(bin("mcp"))
-            .arg("--direct")
-            .arg("--config")
-            .arg(self.dir.join("mcp.toml"))
-            .args(args)
-            .env_remove("MCP_CONFIG")
-            .output()
-            .unwrap();
-        Run::from(out)
-    }
-
-    /// Runs podman as the test user against this agent's API socket.
-    pub fn podman(&self, args: &[&str]) -> Run {
-        let out = as_user(Path::new("/usr/bin/podman"))
-            .arg("--url")
-            .arg(format!("unix://{}", self.dir.join("podman.sock").display()))
-            .args(args)
-            .output()
-            .unwrap();
-        Run::from(out)
-    }
-
-    /// `podman inspect --format <fmt> <container>`, trimmed; None if absent.
-    pub fn inspect(&self, container: &str, format: &str) -> Option<String> {
-        let r = self.podman(&["inspect", "--format", format, container]);
-        (r.code == 0).then(|| r.stdout.trim().to_string())
-    }
-
-    /// Names of containers this agent created (label mcp.node).
-    pub fn containers(&self) -> Vec<String> {
-        let r = self.podman(&[
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label=mcp.node={}", self.name),
-            "--format",
-            "{{.Names}}",
-        ]);
-        let mut v: Vec<String> = r.stdout.lines().map(str::to_string).filter(|s| !s.is_empty()).collect();
-        v.sort();
-        v
-    }
-
-    /// TLS files of the operator certificate.
-    pub fn operator_tls(&self) -> TlsFiles {
-        let d = self.dir.join("operator");
-        TlsFiles {
-            cert: d.join("cert.pem"),
-            key: d.join("key.pem"),
-            ca: d.join("ca.pem"),
-        }
-    }
-
-    /// A raw gRPC client authenticated with `files`.
-    pub async fn client_with(&self, files: &TlsFiles) -> Result<McpAgentServiceClient<Channel>, String> {
-        let cfg = tls::client_config(files, Some(Identity::Agent(self.name.clone()))).map_err(|e| e.to_string())?;
-        let (ch, _) = tls::connect(&[format!("127.0.0.1:{}", self.port)], cfg, tls::Timeouts::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(McpAgentServiceClient::new(ch))
-    }
-
-    /// A raw gRPC client as the operator.
-    pub async fn client(&self) -> McpAgentServiceClient<Channel> {
-        self.client_with(&self.operator_tls()).await.unwrap()
-    }
-
-    /// Issues a certificate for `identity` (e.g. `agent/other`) from this
-    /// agent's CA into a new directory.
-    pub fn issue(&self, identity: &str) -> TlsFiles {
-        let out_dir = self.dir.join(format!("issued-{}", identity.replace('/', "-")));
-        let out = Command::new(bin("mcp-agent"))
-            .args(["issue-cert", "--ca-dir"])
-            .arg(self.dir.join("data/ca"))
-            .args(["--identity", identity, "--out"])
-            .arg(&out_dir)
-            .output()
-            .unwrap();
-        Run::from(out).expect_code(0, "issue-cert");
-        TlsFiles {
-            cert: out_dir.join("cert.pem"),
-            key: out_dir.join("key.pem"),
-            ca: out_dir.join("ca.pem"),
-        }
-    }
-}
-
-impl Drop for TestAgent {
-    fn drop(&mut self) {
-        self.kill();
-        for c in self.containers() {
-            self.podman(&["rm", "-f", "-t", "0", &c]);
-        }
-        // The podman API service the agent started for its socket.
-        let sock = self.dir.join("podman.sock");
-        let _ = Command::new("pkill")
-            .arg("-f")
-            .arg(format!("unix://{}", sock.display()))
-            .status();
-        if std::env::var_os("MCP_TEST_KEEP").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-fn chown(p: &Path) {
+pub(crate) fn chown(user: User, p: &Path) {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-    let (uid, gid) = user_ids();
     // SAFETY: valid NUL-terminated path.
-    assert_eq!(unsafe { libc::chown(c.as_ptr(), uid, gid) }, 0, "chown {}", p.display());
+    assert_eq!(
+        unsafe { libc::chown(c.as_ptr(), user.uid, user.uid) },
+        0,
+        "chown {}",
+        p.display()
+    );
 }
 
-/// Makes `p` a directory owned by the test user (for volumes).
-pub fn user_dir(p: &Path) {
+/// Makes `p` a directory owned by `user` (for volumes).
+pub fn user_dir(user: User, p: &Path) {
     std::fs::create_dir_all(p).unwrap();
-    chown(p);
+    chown(user, p);
 }
 
 /// GET `path` from 127.0.0.1:`port` (HTTP/1.0), retrying until `timeout`.

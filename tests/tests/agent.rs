@@ -50,7 +50,7 @@ fn env_of(port: u16) -> Vec<String> {
 fn deploy_lifecycle_two_components_three_routes() {
     let agent = TestAgent::start("life");
     let data = agent.dir.join("volumes/shop");
-    user_dir(&data);
+    user_dir(agent.user, &data);
     std::fs::write(data.join("hello.txt"), "from the host\n").unwrap();
     let pulled = fresh_image_tag(&agent, "life-pull");
     let def = format!(
@@ -797,7 +797,7 @@ fn registry_and_keys_are_private() {
         std::fs::Permissions::from_mode(0o644),
     )
     .unwrap();
-    let out = mcp_tests::as_user(&mcp_tests::bin("mcp-agent"))
+    let out = mcp_tests::as_user(agent.user, &mcp_tests::bin("mcp-agent"))
         .args(["run", "--config"])
         .arg(agent.dir.join("agent.toml"))
         .output()

@@ -66,7 +66,7 @@ fn main() {
         };
         let run_raw = || {
             let t = Instant::now();
-            let out = as_user(podman)
+            let out = as_user(agent.user, podman)
                 .args(["run", "-d", "--name", &raw_name, "--restart", "unless-stopped"])
                 .args([
                     "-p",
@@ -104,7 +104,7 @@ fn main() {
         ratios.push(m / r);
         agent.mcp(&["undeploy", &svc]).expect_code(0, "undeploy");
         let _ = Command::new(podman);
-        as_user(podman)
+        as_user(agent.user, podman)
             .args(["rm", "-f", "-t", "0", &raw_name])
             .output()
             .unwrap();
