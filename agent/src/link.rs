@@ -77,7 +77,12 @@ pub async fn run(agent: Arc<Agent>, store: Arc<CertStore>, mut stop: tokio::sync
     loop {
         let session = session(&agent, &store, &master.address, &node);
         tokio::select! {
-            reason = session => {
+            (reason, registered) = session => {
+                // A session that got registered was a success: start the
+                // backoff over instead of waiting the cap after every blip.
+                if registered {
+                    attempt = 0;
+                }
                 let wait = backoff(attempt);
                 attempt = attempt.saturating_add(1);
                 tracing::warn!(%reason, retry_in = ?wait, "master link down");
@@ -107,12 +112,12 @@ async fn connect(cfg: &AgentConfig, address: &str) -> Result<Client, String> {
 }
 
 /// One connection's worth of work: register, then heartbeat until
-/// something fails; returns why.
-async fn session(agent: &Agent, store: &CertStore, address: &str, node: &str) -> String {
+/// something fails; returns why, and whether it got registered.
+async fn session(agent: &Agent, store: &CertStore, address: &str, node: &str) -> (String, bool) {
     let cfg = &agent.cfg;
     let mut client = match connect(cfg, address).await {
         Ok(c) => c,
-        Err(e) => return e,
+        Err(e) => return (e, false),
     };
     let role = cfg.master.as_ref().map(|m| m.role.clone()).unwrap_or_default();
     let (mem_total, _) = crate::node::memory();
@@ -129,7 +134,7 @@ async fn session(agent: &Agent, store: &CertStore, address: &str, node: &str) ->
     };
     let interval = match client.register(request(node, reg)).await {
         Ok(r) => r.into_inner().heartbeat_seconds.max(1),
-        Err(s) => return format!("register: {} ({:?})", s.message(), s.code()),
+        Err(s) => return (format!("register: {} ({:?})", s.message(), s.code()), false),
     };
     tracing::info!(master = %address, heartbeat_seconds = interval, "registered with the master");
     let mut tick = tokio::time::interval(Duration::from_secs(interval as u64));
@@ -143,12 +148,13 @@ async fn session(agent: &Agent, store: &CertStore, address: &str, node: &str) ->
             Err(s) if s.code() == tonic::Code::ResourceExhausted => {
                 tracing::debug!(reason = %s.message(), "heartbeat rate-limited");
             }
-            Err(s) => return format!("heartbeat: {} ({:?})", s.message(), s.code()),
+            Err(s) => return (format!("heartbeat: {} ({:?})", s.message(), s.code()), true),
         }
         match renew_if_due(agent, store, &mut client, node).await {
-            Ok(false) => {}
-            // The client certificate changed: reconnect with it.
-            Ok(true) => return "certificate renewed; reconnecting".to_string(),
+            // The connection keeps the old (still valid) certificate; the
+            // next connection presents the new one. Reconnecting now would
+            // re-register and could hit the Register rate limit.
+            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "certificate renewal failed; will retry"),
         }
     }

@@ -279,8 +279,13 @@ impl Master {
         Ok(true)
     }
 
-    /// Renews the caller's own certificate.
+    /// Renews the caller's own certificate: only for a node the fleet
+    /// knows and still admits (allowlist), so a removed node cannot renew.
     pub fn issue_certificate(&self, node: &str, csr_pem: &str) -> Result<String> {
+        if !self.read_nodes().contains_key(node) {
+            return Err(FleetError::Denied(format!("node {node} is not registered; it cannot renew its certificate")));
+        }
+        self.check_admission(node, false)?;
         self.ca
             .sign_csr(
                 csr_pem,

@@ -697,7 +697,7 @@ fn agent_join(dir: &Path, master: &str, token: &str) -> Run {
     }
 }
 
-/// `text` without ANSI colour sequences (the logs are coloured).
+/// `text` without ANSI colour sequences (logs are coloured at a terminal).
 fn plain(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
