@@ -283,7 +283,9 @@ impl Master {
     /// knows and still admits (allowlist), so a removed node cannot renew.
     pub fn issue_certificate(&self, node: &str, csr_pem: &str) -> Result<String> {
         if !self.read_nodes().contains_key(node) {
-            return Err(FleetError::Denied(format!("node {node} is not registered; it cannot renew its certificate")));
+            return Err(FleetError::Precondition(format!(
+                "node {node} is not registered; it cannot renew its certificate"
+            )));
         }
         self.check_admission(node, false)?;
         self.ca
