@@ -2,11 +2,15 @@
 //! records them in its SQLite registry.
 
 pub mod link;
+pub mod mcns;
 pub mod node;
 pub mod ops;
 pub mod plan;
+pub mod platform;
 pub mod podman;
 pub mod ports;
+pub mod proxy;
 pub mod registry;
 pub mod server;
 pub mod spec;
+pub mod wiring;

@@ -222,6 +222,9 @@ fn init(config: &Path, a: InitArgs) -> Result<()> {
             log: LogSection::default(),
             master: None,
             mcias: None,
+            network: Default::default(),
+            proxy: None,
+            edge: None,
         };
         let text = toml::to_string_pretty(&cfg)?;
         mcp_common::fsutil::write_atomic(config, text.as_bytes(), 0o600)?;
@@ -290,6 +293,9 @@ fn join(config: &Path, a: JoinArgs) -> Result<()> {
             advertise: a.advertise,
         }),
         mcias: None,
+        network: Default::default(),
+        proxy: None,
+        edge: None,
     };
     mcp_common::fsutil::write_atomic(config, toml::to_string_pretty(&cfg)?.as_bytes(), 0o600)?;
     println!("joined the fleet as agent-{}; wrote {}", token.node, config.display());
@@ -326,12 +332,16 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.agent.listen)
         .await
         .with_context(|| format!("listen on {}", cfg.agent.listen))?;
-    let agent = Arc::new(Agent::new(cfg.clone(), registry, podman, version));
+    let platform = platform(&cfg)?;
+    let agent = Arc::new(Agent::new(cfg.clone(), registry, podman, version, platform));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let link = tokio::spawn(mcp_agent::link::run(agent.clone(), cert_store, stop_rx));
     if let Err(e) = agent.repair_interrupted().await {
         tracing::warn!(error = %e, "could not check for interrupted deploys");
     }
+    // The built-in proxy starts empty, and records may have gone while we
+    // were down: put back what the registry says runs.
+    agent.reapply_all().await;
     tracing::info!(
         node = %cfg.agent.name,
         listen = %cfg.agent.listen,
@@ -349,6 +359,38 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
     let _ = link.await;
     tracing::info!("mcp-agent stopped; containers keep running");
     Ok(())
+}
+
+/// The platform services of this node, from its configuration.
+fn platform(cfg: &AgentConfig) -> Result<mcp_agent::ops::Platform> {
+    use mcp_agent::proxy::{BuiltinProxy, McProxy, McProxyConfig, ProxyConfig};
+    let master = mcp_agent::platform::Master::new(cfg);
+    let mut p = mcp_agent::ops::Platform::default();
+    if cfg.ca_from_master() {
+        let m = master.clone().context("network.ca = \"master\" needs a [master] section")?;
+        p.ca = Some(m);
+    }
+    if cfg.dns_with_master() {
+        let m = master.clone().context("network.dns = \"master\" needs a [master] section")?;
+        p.dns = Some(m);
+    }
+    if let Some(px) = &cfg.proxy {
+        let listeners = px.listeners.iter().map(|l| (l.port, l.bind)).collect();
+        p.proxy = Some(if px.backend == "mc-proxy" {
+            let mut c = McProxyConfig::new(&px.socket);
+            c.listener_addrs = px.listeners.iter().map(|l| (l.port, l.bind.to_string())).collect();
+            Arc::new(McProxy::new(c)?)
+        } else {
+            let mut c = ProxyConfig::new(listeners);
+            c.connect_timeout = std::time::Duration::from_secs(px.connect_timeout);
+            c.idle_timeout = std::time::Duration::from_secs(px.idle_timeout);
+            c.handshake_timeout = std::time::Duration::from_secs(px.handshake_timeout);
+            c.max_connections = px.max_connections;
+            c.backend_ca = Some(cfg.tls.ca.clone());
+            BuiltinProxy::start(c)?
+        });
+    }
+    Ok(p)
 }
 
 async fn shutdown() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mcp_common::config::AgentConfig;
-use mcp_common::service::{self, DEFAULT_ZONE, RouteMode, ServiceDef};
+use mcp_common::service::{self, ServiceDef};
 
 use crate::plan::{self, Action, Seen};
 use crate::podman::{LABEL_HASH, LABEL_SERVICE, Observed, Podman, PodmanError};
@@ -139,11 +139,25 @@ pub struct Agent {
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Host ports handed out by deploys still in flight.
     reserved: std::sync::Mutex<HashSet<u16>>,
+    /// Where service certificates come from (none: L7 deploys fail).
+    pub ca: Option<Arc<dyn crate::platform::CertAuthority>>,
+    /// Where DNS records go (none: skipped).
+    pub dns: Option<Arc<dyn crate::platform::DnsRegistrar>>,
+    /// The proxy routes go to (none: recorded only).
+    pub proxy: Option<Arc<dyn crate::proxy::ProxyBackend>>,
+}
+
+/// The platform services an agent wires services into.
+#[derive(Default)]
+pub struct Platform {
+    pub ca: Option<Arc<dyn crate::platform::CertAuthority>>,
+    pub dns: Option<Arc<dyn crate::platform::DnsRegistrar>>,
+    pub proxy: Option<Arc<dyn crate::proxy::ProxyBackend>>,
 }
 
 impl Agent {
     /// Assembles the agent.
-    pub fn new(cfg: AgentConfig, registry: Registry, podman: Podman, podman_version: String) -> Agent {
+    pub fn new(cfg: AgentConfig, registry: Registry, podman: Podman, podman_version: String, platform: Platform) -> Agent {
         Agent {
             cfg,
             registry,
@@ -152,6 +166,9 @@ impl Agent {
             started: Instant::now(),
             locks: Default::default(),
             reserved: Default::default(),
+            ca: platform.ca,
+            dns: platform.dns,
+            proxy: platform.proxy,
         }
     }
 
@@ -227,20 +244,20 @@ impl Agent {
             },
         );
 
-        // 2. Certificates.
-        let l7 = def
-            .components
-            .iter()
-            .flat_map(|c| &c.routes)
-            .any(|r| r.mode() == RouteMode::L7);
-        out.skip(
-            step::CERTIFICATES,
-            if l7 {
-                "L7 routes present but no certificate authority is configured on this node"
-            } else {
-                "no L7 routes"
-            },
-        );
+        // 2. Certificates: a failure here changes nothing.
+        if crate::wiring::needs_cert(&def) && def.active {
+            let t = Instant::now();
+            match self.ensure_cert(&def).await {
+                Ok(detail) => out.ok(step::CERTIFICATES, t, detail),
+                Err(e) => {
+                    out.fail(step::CERTIFICATES, t, format!("{e}; nothing was changed"));
+                    let _ = self.registry.event(&def.name, "", "deploy-failed", &e);
+                    return Err(OpError::from_outcome(out));
+                }
+            }
+        } else {
+            out.skip(step::CERTIFICATES, "no L7 routes");
+        }
 
         // 3. Containers.
         let t = Instant::now();
@@ -280,8 +297,7 @@ impl Agent {
         let containers_changed = actions.iter().any(Action::changes_something);
         let definition_changed = old.as_ref().is_none_or(|o| o.def != def);
         if !containers_changed && !definition_changed {
-            out.steps.retain(|s| s.name == step::PORTS);
-            out.skip(step::CERTIFICATES, "unchanged");
+            out.steps.retain(|s| s.name == step::PORTS || s.name == step::CERTIFICATES);
             out.skip(step::CONTAINERS, "unchanged");
             out.skip(step::ROUTES, "unchanged");
             out.skip(step::DNS, "unchanged");
@@ -300,23 +316,50 @@ impl Agent {
             }
         }
 
-        // 4, 5. Routes and DNS.
-        let route_count = wanted.iter().map(|(_, s)| s.ports.len()).sum::<usize>();
-        out.skip(
-            step::ROUTES,
-            if route_count == 0 {
-                "no routes".to_string()
-            } else {
-                format!("{route_count} routes recorded; no proxy is configured on this node")
-            },
-        );
-        out.skip(step::DNS, "no DNS service is configured on this node");
-
-        // 6. Registry.
-        let t = Instant::now();
         let record = self
             .record_for(&def, old.as_ref(), &wanted, &ports, &only, &mut observed)
             .await;
+
+        // 4. Routes.
+        let t = Instant::now();
+        let wiring = if def.active {
+            self.apply_routes(&record).await
+        } else {
+            self.remove_routes(&def.name).await.map(|d| (d, Vec::new()))
+        };
+        let routes_before = match wiring {
+            Ok((detail, before)) => {
+                out.ok(step::ROUTES, t, detail);
+                before
+            }
+            Err(e) => {
+                let rolled = self.rollback(undo).await;
+                out.fail(step::ROUTES, t, format!("{e}; {rolled}"));
+                let _ = self.registry.event(&def.name, "", "deploy-failed", &e);
+                return Err(OpError::from_outcome(out));
+            }
+        };
+
+        // 5. DNS.
+        let t = Instant::now();
+        let dns = if def.active {
+            self.register_dns(&def.name).await
+        } else {
+            self.remove_dns(&def.name).await
+        };
+        match dns {
+            Ok(detail) => out.ok(step::DNS, t, detail),
+            Err(e) => {
+                self.restore_routes(&def.name, routes_before).await;
+                let rolled = self.rollback(undo).await;
+                out.fail(step::DNS, t, format!("{e}; routes restored; {rolled}"));
+                let _ = self.registry.event(&def.name, "", "deploy-failed", &e);
+                return Err(OpError::from_outcome(out));
+            }
+        }
+
+        // 6. Registry.
+        let t = Instant::now();
         let summary = actions
             .iter()
             .filter(|a| a.changes_something())
@@ -623,7 +666,7 @@ impl Agent {
                         name: r.key().to_string(),
                         port: r.port as u16,
                         mode: r.mode().as_str().to_string(),
-                        hostname: r.hostname_or_default(&def.name, DEFAULT_ZONE),
+                        hostname: r.hostname_or_default(&def.name, &self.cfg.network.zone),
                         public: r.public,
                         host_port: *p,
                     });
@@ -647,8 +690,7 @@ impl Agent {
             .ok_or_else(|| OpError::NotFound(name.to_string()))?;
         let targets = select(&rec, only)?;
         let mut out = Outcome::default();
-        out.skip(step::DNS, "no DNS service is configured on this node");
-        out.skip(step::ROUTES, "no proxy is configured on this node");
+        self.unwire(&mut out, name, only.is_none()).await;
         let t = Instant::now();
         let mut stopped = Vec::new();
         for c in targets.iter().rev() {
@@ -689,10 +731,18 @@ impl Agent {
             step::PORTS,
             format!("{} host ports kept from the registry", rec.routes.len()),
         );
-        out.skip(
-            step::CERTIFICATES,
-            "no certificate authority is configured on this node",
-        );
+        if crate::wiring::needs_cert(&rec.def) {
+            let t = Instant::now();
+            match self.ensure_cert(&rec.def).await {
+                Ok(detail) => out.ok(step::CERTIFICATES, t, detail),
+                Err(e) => {
+                    out.fail(step::CERTIFICATES, t, format!("{e}; nothing was started"));
+                    return Err(OpError::from_outcome(out));
+                }
+            }
+        } else {
+            out.skip(step::CERTIFICATES, "no L7 routes");
+        }
         let t = Instant::now();
         let wanted: Vec<(String, ContainerSpec)> = targets.iter().map(|c| (c.name.clone(), c.spec.clone())).collect();
         let recorded: BTreeMap<String, ContainerSpec> = wanted.iter().cloned().collect();
@@ -717,8 +767,16 @@ impl Agent {
         }
         self.commit(&actions, undo, &mut warnings).await;
         out.warnings = warnings;
-        out.skip(step::ROUTES, "no proxy is configured on this node");
-        out.skip(step::DNS, "no DNS service is configured on this node");
+        let t = Instant::now();
+        match self.apply_routes(&rec).await {
+            Ok((detail, _)) => out.ok(step::ROUTES, t, detail),
+            Err(e) => out.fail(step::ROUTES, t, e),
+        }
+        let t = Instant::now();
+        match self.register_dns(name).await {
+            Ok(detail) => out.ok(step::DNS, t, detail),
+            Err(e) => out.fail(step::DNS, t, e),
+        }
         let t = Instant::now();
         let names: Vec<String> = targets.iter().map(|c| c.name.clone()).collect();
         let scope = only.map(|o| format!(" component {o}")).unwrap_or_default();
@@ -747,8 +805,7 @@ impl Agent {
             .service(name)?
             .ok_or_else(|| OpError::NotFound(name.to_string()))?;
         let mut out = Outcome::default();
-        out.skip(step::DNS, "no DNS service is configured on this node");
-        out.skip(step::ROUTES, "no proxy is configured on this node");
+        self.unwire(&mut out, name, true).await;
         let t = Instant::now();
         let mut removed = Vec::new();
         for c in rec.components.iter().rev() {
@@ -761,7 +818,9 @@ impl Agent {
             removed.push(c.spec.name.clone());
         }
         out.ok(step::CONTAINERS, t, format!("removed {}", removed.join(", ")));
-        out.skip(step::CERTIFICATES, "no certificates were issued");
+        let t = Instant::now();
+        let certs = self.remove_cert(name);
+        out.ok(step::CERTIFICATES, t, certs);
         let t = Instant::now();
         self.registry
             .delete(name, ("undeployed", &format!("removed {}", removed.join(", "))))?;
@@ -770,6 +829,26 @@ impl Agent {
         out.changed = true;
         tracing::info!(service = name, "undeployed");
         Ok(out)
+    }
+
+    /// Stop and undeploy, first steps: withdraw DNS, then routes. A failure
+    /// is reported but does not keep the containers from stopping.
+    async fn unwire(&self, out: &mut Outcome, service: &str, whole: bool) {
+        if !whole {
+            out.skip(step::DNS, "one component: the service keeps its name");
+            out.skip(step::ROUTES, "one component: the service keeps its routes");
+            return;
+        }
+        let t = Instant::now();
+        match self.remove_dns(service).await {
+            Ok(detail) => out.ok(step::DNS, t, detail),
+            Err(e) => out.fail(step::DNS, t, e),
+        }
+        let t = Instant::now();
+        match self.remove_routes(service).await {
+            Ok(detail) => out.ok(step::ROUTES, t, detail),
+            Err(e) => out.fail(step::ROUTES, t, e),
+        }
     }
 
     async fn refresh_observed(&self, rec: &ServiceRecord) {

@@ -55,6 +55,17 @@ CREATE TABLE events (
     message    TEXT NOT NULL
 );
 CREATE INDEX events_by_service ON events (service, component, time);
+"#, r#"
+CREATE TABLE edge_routes (
+    hostname          TEXT NOT NULL,
+    port              INTEGER NOT NULL,
+    service           TEXT NOT NULL,
+    backend_hostname  TEXT NOT NULL,
+    backend_port      INTEGER NOT NULL,
+    backend_address   TEXT NOT NULL,
+    created_at        INTEGER NOT NULL,
+    PRIMARY KEY (hostname, port)
+);
 "#];
 
 /// Desired state of a component (SPEC §14).
@@ -335,6 +346,54 @@ impl Registry {
         insert_event(&tx, service, "", event.0, event.1)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Records an edge route this (edge) node serves.
+    pub fn save_edge(&self, r: &mcp_common::proto::SetupEdgeRouteRequest) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO edge_routes (hostname, port, service, backend_hostname, backend_port,
+                                                 backend_address, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                r.hostname,
+                r.port,
+                r.service,
+                r.backend_hostname,
+                r.backend_port,
+                r.backend_address,
+                now_ms() / 1000
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets an edge route.
+    pub fn delete_edge(&self, hostname: &str) -> Result<()> {
+        self.conn().execute("DELETE FROM edge_routes WHERE hostname = ?1", [hostname])?;
+        Ok(())
+    }
+
+    /// Edge routes this node serves, as the requests that set them up.
+    pub fn edges(&self) -> Result<Vec<mcp_common::proto::SetupEdgeRouteRequest>> {
+        let conn = self.conn();
+        let rows = conn
+            .prepare(
+                "SELECT hostname, port, service, backend_hostname, backend_port, backend_address
+                 FROM edge_routes ORDER BY hostname",
+            )?
+            .query_map([], |r| {
+                Ok(mcp_common::proto::SetupEdgeRouteRequest {
+                    hostname: r.get(0)?,
+                    port: r.get(1)?,
+                    service: r.get(2)?,
+                    backend_hostname: r.get(3)?,
+                    backend_port: r.get(4)?,
+                    backend_address: r.get(5)?,
+                    backend_tls: true,
+                })
+            })?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(rows)
     }
 
     /// Appends an event.

@@ -354,4 +354,38 @@ impl McpAgentService for AgentService {
             .collect();
         Ok(Response::new(Box::pin(futures::stream::select_all(streams))))
     }
+
+    async fn list_proxy_routes(
+        &self,
+        _req: Request<proto::ListProxyRoutesRequest>,
+    ) -> Result<Response<proto::ListProxyRoutesResponse>, Status> {
+        let routes = self.agent.proxy_routes().await.map_err(status)?;
+        Ok(Response::new(proto::ListProxyRoutesResponse {
+            node: self.agent.name().to_string(),
+            routes,
+            backend: self.agent.proxy_kind().to_string(),
+        }))
+    }
+
+    async fn setup_edge_route(
+        &self,
+        req: Request<proto::SetupEdgeRouteRequest>,
+    ) -> Result<Response<proto::EdgeRouteResponse>, Status> {
+        let caller = self.caller(&req);
+        let r = req.into_inner();
+        tracing::info!(hostname = %r.hostname, backend = %r.backend_hostname, %caller, "setup edge route");
+        let resp = self.detached(|a| async move { a.setup_edge_route(r).await }).await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn remove_edge_route(
+        &self,
+        req: Request<proto::RemoveEdgeRouteRequest>,
+    ) -> Result<Response<proto::EdgeRouteResponse>, Status> {
+        let caller = self.caller(&req);
+        let r = req.into_inner();
+        tracing::info!(hostname = %r.hostname, %caller, "remove edge route");
+        self.detached(|a| async move { a.remove_edge_route(r).await }).await?;
+        Ok(Response::new(proto::EdgeRouteResponse::default()))
+    }
 }

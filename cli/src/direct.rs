@@ -12,7 +12,7 @@ use mcp_common::service;
 use crate::conn::{AgentClient, Ctx, request_id};
 use crate::defs::{load_definition, split_target};
 use crate::output;
-use crate::{Command, NodeCommand, usage};
+use crate::{Command, NodeCommand, RouteCommand, usage};
 
 /// Timeouts: quick for reads, generous for deploys (SPEC §7: 5 min).
 pub const READ_TIMEOUT: Duration = Duration::from_secs(15);
@@ -53,7 +53,8 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<u8> {
             node,
         } => logs(ctx, &target, follow, tail, node).await,
         Command::Node(NodeCommand::List) => node_list(ctx).await,
-        Command::Node(NodeCommand::Add { .. }) | Command::Sync { .. } => {
+        Command::Route(RouteCommand::List) => route_list(ctx).await,
+        Command::Node(NodeCommand::Add { .. }) | Command::Sync { .. } | Command::Dns(_) | Command::Edge(_) => {
             usage!("this command needs the master: configure [master] and drop --direct")
         }
     }
@@ -143,10 +144,7 @@ async fn deploy(ctx: &Ctx, target: &str, node: Option<String>) -> Result<u8> {
     let result = client.deploy(req).await;
     drop(progress);
     match result {
-        Ok(resp) => {
-            ctx.out.operation(&node, &resp.into_inner(), true);
-            Ok(0)
-        }
+        Ok(resp) => Ok(ctx.out.operation(&node, &resp.into_inner(), true)),
         Err(s) => Err(ctx
             .rpc_error(&format!("node {node}"), s)
             .context(format!("deploy {} (request {request_id})", def.name))),
@@ -187,10 +185,7 @@ async fn operate(ctx: &Ctx, node: &str, op: Op, name: &str, component: Option<St
         Op::Undeploy => client.undeploy_service(req).await,
     };
     match result {
-        Ok(resp) => {
-            ctx.out.operation(node, &resp.into_inner(), true);
-            Ok(0)
-        }
+        Ok(resp) => Ok(ctx.out.operation(node, &resp.into_inner(), true)),
         Err(s) => Err(ctx.rpc_error(&format!("node {node}"), s)),
     }
 }
@@ -288,4 +283,25 @@ async fn node_list(ctx: &Ctx) -> Result<u8> {
     .await;
     ctx.out.nodes(&results);
     Ok(if results.iter().any(|(_, r)| r.is_err()) { 1 } else { 0 })
+}
+
+async fn route_list(ctx: &Ctx) -> Result<u8> {
+    let results = fan_out(ctx, |mut c| async move { c.list_proxy_routes(proto::ListProxyRoutesRequest {}).await }).await;
+    let nodes: Vec<proto::NodeRoutes> = results
+        .into_iter()
+        .map(|(n, r)| match r {
+            Ok(l) => proto::NodeRoutes {
+                node: n.name,
+                error: String::new(),
+                routes: l.routes,
+            },
+            Err(e) => proto::NodeRoutes {
+                node: n.name,
+                error: e,
+                routes: vec![],
+            },
+        })
+        .collect();
+    ctx.out.routes(&nodes);
+    Ok(if nodes.iter().any(|n| !n.error.is_empty()) { 1 } else { 0 })
 }

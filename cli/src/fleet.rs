@@ -9,7 +9,7 @@ use crate::conn::{Ctx, request_id};
 use crate::defs::{load_all, load_definition, split_target};
 use crate::direct::{DEPLOY_TIMEOUT, READ_TIMEOUT, UNDEPLOY_TIMEOUT};
 use crate::output;
-use crate::{Command, NodeCommand, UsageError, usage};
+use crate::{Command, DnsCommand, EdgeCommand, NodeCommand, RouteCommand, UsageError, usage};
 
 /// Runs one command through the master; returns the exit code.
 pub async fn run(ctx: &Ctx, command: Command) -> Result<u8> {
@@ -42,7 +42,44 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<u8> {
         Command::Sync { dry_run } => sync(ctx, dry_run).await,
         Command::Node(NodeCommand::List) => node_list(ctx).await,
         Command::Node(NodeCommand::Add { name, ttl }) => node_add(ctx, &name, ttl).await,
+        Command::Dns(DnsCommand::List) => dns_list(ctx).await,
+        Command::Route(RouteCommand::List) => route_list(ctx).await,
+        Command::Edge(EdgeCommand::List) => edge_list(ctx, false).await,
+        Command::Edge(EdgeCommand::Status) => edge_list(ctx, true).await,
     }
+}
+
+async fn dns_list(ctx: &Ctx) -> Result<u8> {
+    let mut client = ctx.master(READ_TIMEOUT).await?;
+    let r = client
+        .list_dns_records(proto::ListDnsRecordsRequest {})
+        .await
+        .map_err(|s| ctx.rpc_error("master", s))?
+        .into_inner();
+    ctx.out.dns(&r);
+    Ok(0)
+}
+
+async fn route_list(ctx: &Ctx) -> Result<u8> {
+    let mut client = ctx.master(READ_TIMEOUT).await?;
+    let r = client
+        .list_routes(proto::ListProxyRoutesRequest {})
+        .await
+        .map_err(|s| ctx.rpc_error("master", s))?
+        .into_inner();
+    ctx.out.routes(&r.nodes);
+    Ok(if r.nodes.iter().any(|n| !n.error.is_empty()) { 1 } else { 0 })
+}
+
+async fn edge_list(ctx: &Ctx, status: bool) -> Result<u8> {
+    let mut client = ctx.master(READ_TIMEOUT).await?;
+    let r = client
+        .list_edge_routes(proto::ListEdgeRoutesRequest {})
+        .await
+        .map_err(|s| ctx.rpc_error("master", s))?
+        .into_inner();
+    ctx.out.edges(&r.routes, status);
+    Ok(if status && r.routes.iter().any(|e| e.state != "ok") { 1 } else { 0 })
 }
 
 async fn deploy(ctx: &Ctx, target: &str) -> Result<u8> {
@@ -58,10 +95,7 @@ async fn deploy(ctx: &Ctx, target: &str) -> Result<u8> {
     let result = client.deploy(req).await;
     drop(progress);
     match result {
-        Ok(r) => {
-            ctx.out.fleet_operation(&r.into_inner());
-            Ok(0)
-        }
+        Ok(r) => Ok(ctx.out.fleet_operation(&r.into_inner())),
         Err(s) => Err(ctx
             .rpc_error("master", s)
             .context(format!("deploy {} (request {request_id})", def.name))),
@@ -92,10 +126,7 @@ async fn operate(ctx: &Ctx, op: &str, name: &str, component: Option<String>) -> 
         _ => client.undeploy_service(req).await,
     };
     match result {
-        Ok(r) => {
-            ctx.out.fleet_operation(&r.into_inner());
-            Ok(0)
-        }
+        Ok(r) => Ok(ctx.out.fleet_operation(&r.into_inner())),
         Err(s) => Err(ctx.rpc_error("master", s)),
     }
 }

@@ -135,6 +135,39 @@ pub enum Command {
     /// Nodes of the fleet.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Records of the internal zone (through the master).
+    #[command(subcommand)]
+    Dns(DnsCommand),
+    /// Proxy routes of every node, grouped by listener.
+    #[command(subcommand)]
+    Route(RouteCommand),
+    /// Public routes on edge nodes (through the master).
+    #[command(subcommand)]
+    Edge(EdgeCommand),
+}
+
+#[derive(Subcommand)]
+pub enum DnsCommand {
+    /// List the records the master serves.
+    #[command(after_help = "Example:\n  mcp dns list")]
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum RouteCommand {
+    /// List routes by node and listener.
+    #[command(after_help = "Examples:\n  mcp route list\n  mcp --direct route list")]
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum EdgeCommand {
+    /// List public routes with their edge node and certificate.
+    #[command(after_help = "Example:\n  mcp edge list")]
+    List,
+    /// Like list, with what each edge reports serving now.
+    #[command(after_help = "Example:\n  mcp edge status")]
+    Status,
 }
 
 #[derive(Subcommand)]

@@ -35,6 +35,11 @@ fn print_table(t: &Table) {
     }
 }
 
+/// 1 when any step of `r` failed.
+fn exit_code(r: &proto::OperationResponse) -> u8 {
+    if r.steps.iter().any(|s| !s.success) { 1 } else { 0 }
+}
+
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -138,8 +143,9 @@ impl Out {
         Progress { shown }
     }
 
-    /// Per-step results of an operation.
-    pub fn operation(&self, node: &str, r: &proto::OperationResponse, ok: bool) {
+    /// Per-step results of an operation; returns the exit code (1 when a
+    /// step failed).
+    pub fn operation(&self, node: &str, r: &proto::OperationResponse, ok: bool) -> u8 {
         if self.json {
             let v = json!({
                 "node": node, "ok": ok && r.steps.iter().all(|s| s.success), "changed": r.changed,
@@ -156,7 +162,7 @@ impl Out {
                     serde_json::to_string_pretty(&v).expect("a Value always serializes")
                 );
             }
-            return;
+            return exit_code(r);
         }
         let mut t = table(&["STEP", "RESULT", "TIME", "DETAIL"]);
         for s in &r.steps {
@@ -200,6 +206,10 @@ impl Out {
                 );
             }
         }
+        for s in r.steps.iter().filter(|s| !s.success) {
+            eprintln!("error: {} step failed: {}", s.step, s.error);
+        }
+        exit_code(r)
     }
 
     /// `mcp ps`: SERVICE COMPONENT NODE STATE VERSION UPTIME. `missing`:
@@ -283,13 +293,110 @@ impl Out {
         }
     }
 
-    /// Result of an operation through the master.
-    pub fn fleet_operation(&self, r: &proto::FleetOperationResponse) {
-        let Some(result) = &r.result else { return };
+    /// Result of an operation through the master; returns the exit code.
+    pub fn fleet_operation(&self, r: &proto::FleetOperationResponse) -> u8 {
+        let Some(result) = &r.result else { return 0 };
         if !self.json && !r.placement.is_empty() {
             println!("placement: {} ({})", r.node, r.placement);
         }
-        self.operation(&r.node, result, true);
+        self.operation(&r.node, result, true)
+    }
+
+    /// `mcp dns list`.
+    pub fn dns(&self, r: &proto::ListDnsRecordsResponse) {
+        if self.json {
+            let rows: Vec<Value> = r
+                .records
+                .iter()
+                .map(|d| json!({"name": d.name, "type": d.r#type, "value": d.value, "ttl": d.ttl, "node": d.node, "service": d.service}))
+                .collect();
+            print_json(&json!({"zone": r.zone, "listen": r.listen, "records": rows}));
+            return;
+        }
+        let served = if r.listen.is_empty() { "not served".to_string() } else { format!("served on {}", r.listen.join(", ")) };
+        println!("zone {} ({served})", r.zone);
+        let mut t = table(&["NAME", "TYPE", "VALUE", "TTL", "NODE", "SERVICE"]);
+        for d in &r.records {
+            t.add_row(vec![d.name.clone(), d.r#type.clone(), d.value.clone(), d.ttl.to_string(), d.node.clone(), d.service.clone()]);
+        }
+        print_table(&t);
+    }
+
+    /// `mcp route list`: routes grouped by node and listener.
+    pub fn routes(&self, nodes: &[proto::NodeRoutes]) {
+        if self.json {
+            let rows: Vec<Value> = nodes
+                .iter()
+                .map(|n| {
+                    json!({"node": n.node, "error": n.error, "routes": n.routes.iter().map(|r| json!({
+                        "service": r.service, "listener_port": r.listener_port, "listener": r.listener,
+                        "hostname": r.hostname, "mode": r.mode, "backend": r.backend, "backend_tls": r.backend_tls,
+                        "cert": r.cert})).collect::<Vec<_>>()})
+                })
+                .collect();
+            print_json(&json!({ "nodes": rows }));
+            return;
+        }
+        for n in nodes {
+            if !n.error.is_empty() {
+                println!("{}: unreachable ({})", n.node, n.error);
+                continue;
+            }
+            let mut ports: Vec<u32> = n.routes.iter().map(|r| r.listener_port).collect();
+            ports.sort();
+            ports.dedup();
+            if ports.is_empty() {
+                println!("{}: no routes", n.node);
+            }
+            for port in ports {
+                let bind = n.routes.iter().find(|r| r.listener_port == port).map(|r| r.listener.clone()).unwrap_or_default();
+                println!("{} listener :{port}{}", n.node, if bind.is_empty() { String::new() } else { format!(" ({bind})") });
+                let mut t = table(&["HOSTNAME", "MODE", "BACKEND", "SERVICE"]);
+                for r in n.routes.iter().filter(|r| r.listener_port == port) {
+                    let backend = if r.backend_tls { format!("{} (tls)", r.backend) } else { r.backend.clone() };
+                    t.add_row(vec![r.hostname.clone(), r.mode.clone(), backend, r.service.clone()]);
+                }
+                for line in t.to_string().lines() {
+                    println!("  {}", line.strip_prefix(' ').unwrap_or(line).trim_end());
+                }
+            }
+        }
+    }
+
+    /// `mcp edge list|status`.
+    pub fn edges(&self, routes: &[proto::EdgeRouteInfo], status: bool) {
+        if self.json {
+            let rows: Vec<Value> = routes
+                .iter()
+                .map(|e| {
+                    json!({"hostname": e.hostname, "service": e.service, "edge_node": e.edge_node,
+                           "backend_hostname": e.backend_hostname, "backend_port": e.backend_port,
+                           "cert_serial": e.cert_serial, "cert_expires_at": e.cert_expires_at, "state": e.state})
+                })
+                .collect();
+            print_json(&json!({ "edge_routes": rows }));
+            return;
+        }
+        let mut header = vec!["HOSTNAME", "SERVICE", "EDGE", "BACKEND", "CERT SERIAL", "EXPIRES IN"];
+        if status {
+            header.push("STATE");
+        }
+        let mut t = table(&header);
+        for e in routes {
+            let mut row = vec![
+                e.hostname.clone(),
+                e.service.clone(),
+                e.edge_node.clone(),
+                format!("{}:{}", e.backend_hostname, e.backend_port),
+                e.cert_serial.clone(),
+                if e.cert_expires_at > 0 { duration((e.cert_expires_at - now()).max(0) as u64) } else { "-".into() },
+            ];
+            if status {
+                row.push(e.state.clone());
+            }
+            t.add_row(row);
+        }
+        print_table(&t);
     }
 
     /// The plan (and results) of `mcp sync`.

@@ -74,6 +74,124 @@ pub struct AgentConfig {
     /// Accept MCIAS bearer tokens besides client certificates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcias: Option<crate::mcias::MciasConfig>,
+    #[serde(default)]
+    pub network: NetworkSection,
+    /// The reverse proxy that serves routes; absent: routes are recorded
+    /// but not served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySection>,
+    /// Edge nodes: which public domains they may serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<EdgeSection>,
+}
+
+/// `[network]`: certificates and DNS names of services.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSection {
+    /// Internal zone: services are `<service>.<zone>`.
+    #[serde(default = "default_zone")]
+    pub zone: String,
+    /// Where service certificates go (`<service>.pem`, `.key`); default
+    /// `<agent.data_dir>/certs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certs_dir: Option<PathBuf>,
+    /// Certificate authority: `master` (the fleet CA over gRPC) or `none`;
+    /// default `master` when `[master]` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// DNS registration: `master` (the master's zone) or `none`; default
+    /// `master` when `[master]` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<String>,
+    /// Days before expiry a service certificate is renewed (and below which
+    /// a deploy issues a new one instead of reusing it).
+    #[serde(default = "default_renew_days")]
+    pub renew_days: i64,
+}
+
+fn default_zone() -> String {
+    crate::service::DEFAULT_ZONE.to_string()
+}
+fn default_renew_days() -> i64 {
+    30
+}
+
+impl Default for NetworkSection {
+    fn default() -> Self {
+        NetworkSection {
+            zone: default_zone(),
+            certs_dir: None,
+            ca: None,
+            dns: None,
+            renew_days: default_renew_days(),
+        }
+    }
+}
+
+/// `[proxy]`: the proxy routes are registered with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySection {
+    /// `builtin` (in the agent) or `mc-proxy` (its admin socket).
+    #[serde(default = "default_proxy_backend")]
+    pub backend: String,
+    /// mc-proxy admin socket.
+    #[serde(default = "default_mc_proxy_socket")]
+    pub socket: PathBuf,
+    /// Listener port map: a route's `port` → the address the built-in proxy
+    /// binds for it (ports below 1024 need CAP_NET_BIND_SERVICE).
+    #[serde(default)]
+    pub listeners: Vec<ListenerMap>,
+    /// Seconds to connect to a backend.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: u64,
+    /// Seconds a connection may stay silent.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: u64,
+    /// Seconds a client has to complete its TLS handshake.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: u64,
+    /// Concurrent connections per listener.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+/// One entry of the listener port map.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerMap {
+    pub port: u16,
+    pub bind: SocketAddr,
+}
+
+fn default_proxy_backend() -> String {
+    "builtin".to_string()
+}
+fn default_mc_proxy_socket() -> PathBuf {
+    PathBuf::from("/srv/mc-proxy/mc-proxy.sock")
+}
+fn default_connect_timeout() -> u64 {
+    5
+}
+fn default_idle_timeout() -> u64 {
+    300
+}
+fn default_handshake_timeout() -> u64 {
+    10
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+
+/// `[edge]`: public ingress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeSection {
+    /// Public domains this edge may serve (a hostname matches a domain
+    /// label-wise: `a.example.net` matches `example.net`,
+    /// `evilexample.net` does not).
+    pub allowed_domains: Vec<String>,
 }
 
 /// `[master]` of an agent: where to register and heartbeat.
@@ -245,7 +363,54 @@ impl AgentConfig {
                 "expected \"worker\", \"edge\" or \"master\"",
             ));
         }
+        crate::service::check_hostname(&self.network.zone).map_err(|r| ConfigError::new(path, "network.zone", r))?;
+        for (key, value) in [("network.ca", &self.network.ca), ("network.dns", &self.network.dns)] {
+            if let Some(v) = value
+                && v != "master"
+                && v != "none"
+            {
+                return Err(ConfigError::new(path, key, "expected \"master\" or \"none\""));
+            }
+        }
+        if let Some(p) = &self.proxy {
+            if p.backend != "builtin" && p.backend != "mc-proxy" {
+                return Err(ConfigError::new(path, "proxy.backend", "expected \"builtin\" or \"mc-proxy\""));
+            }
+            let mut ports = std::collections::BTreeSet::new();
+            for (i, l) in p.listeners.iter().enumerate() {
+                if !ports.insert(l.port) {
+                    return Err(ConfigError::new(path, &format!("proxy.listeners[{i}].port"), "listed twice"));
+                }
+            }
+        }
+        if let Some(e) = &self.edge {
+            for (i, d) in e.allowed_domains.iter().enumerate() {
+                crate::service::check_hostname(d)
+                    .map_err(|r| ConfigError::new(path, &format!("edge.allowed_domains[{i}]"), r))?;
+            }
+        }
         Ok(())
+    }
+
+    /// Whether service certificates come from the master.
+    pub fn ca_from_master(&self) -> bool {
+        match self.network.ca.as_deref() {
+            Some(v) => v == "master",
+            None => self.master.is_some(),
+        }
+    }
+
+    /// Whether DNS records are registered with the master.
+    pub fn dns_with_master(&self) -> bool {
+        match self.network.dns.as_deref() {
+            Some(v) => v == "master",
+            None => self.master.is_some(),
+        }
+    }
+
+    /// Directory of service certificates.
+    pub fn certs_dir(&self) -> PathBuf {
+        self.network.certs_dir.clone().unwrap_or_else(|| self.agent.data_dir.join("certs"))
     }
 
     /// `host:port` the master should dial to reach this agent.
@@ -288,6 +453,52 @@ pub struct MasterConfig {
     /// Accept MCIAS bearer tokens besides client certificates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcias: Option<crate::mcias::MciasConfig>,
+    /// The internal zone the master serves.
+    #[serde(default)]
+    pub dns: DnsSection,
+}
+
+/// `[dns]` of the master: the internal zone, served authoritatively.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSection {
+    /// UDP+TCP addresses to serve on, e.g. `127.0.0.1:5353`; empty: not
+    /// served. Specific addresses, never an implied `0.0.0.0:53` (a local
+    /// resolver often holds port 53 on localhost).
+    #[serde(default)]
+    pub listen: Vec<SocketAddr>,
+    /// The zone (no trailing dot needed).
+    #[serde(default = "default_zone")]
+    pub zone: String,
+    /// TTL of every record, and the negative-caching TTL (SOA minimum).
+    #[serde(default = "default_dns_ttl")]
+    pub ttl: u32,
+    /// NS names of the zone; empty: `ns1.<zone>`.
+    #[serde(default)]
+    pub ns: Vec<String>,
+    /// Addresses of the NS names that lie inside the zone (glue).
+    #[serde(default)]
+    pub ns_addresses: Vec<std::net::Ipv4Addr>,
+    /// SOA RNAME, as a name or a mail address; empty: `hostmaster.<zone>`.
+    #[serde(default)]
+    pub admin: String,
+}
+
+fn default_dns_ttl() -> u32 {
+    60
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        DnsSection {
+            listen: Vec::new(),
+            zone: default_zone(),
+            ttl: default_dns_ttl(),
+            ns: Vec::new(),
+            ns_addresses: Vec::new(),
+            admin: String::new(),
+        }
+    }
 }
 
 /// `[master]`: identity and state of the master.
@@ -723,6 +934,27 @@ mod tests {
                 advertise: Some("a:9444".into()),
             }),
             mcias: None,
+            network: NetworkSection {
+                certs_dir: Some("/c".into()),
+                ca: Some("master".into()),
+                dns: Some("master".into()),
+                ..Default::default()
+            },
+            proxy: Some(ProxySection {
+                backend: default_proxy_backend(),
+                socket: default_mc_proxy_socket(),
+                listeners: vec![ListenerMap {
+                    port: 443,
+                    bind: "0.0.0.0:443".parse().unwrap(),
+                }],
+                connect_timeout: 1,
+                idle_timeout: 1,
+                handshake_timeout: 1,
+                max_connections: 1,
+            }),
+            edge: Some(EdgeSection {
+                allowed_domains: vec!["example.net".into()],
+            }),
         };
         let master = MasterConfig {
             master: MasterSection {
@@ -747,6 +979,13 @@ mod tests {
                 ca: Some("/ca".into()),
                 ..crate::mcias::MciasConfig::new("https://mcias:8443")
             }),
+            dns: DnsSection {
+                listen: vec!["127.0.0.1:5353".parse().unwrap()],
+                ns: vec!["ns1.example.net".into()],
+                ns_addresses: vec!["127.0.0.1".parse().unwrap()],
+                admin: "hostmaster.example.net".into(),
+                ..Default::default()
+            },
         };
         let cli = CliConfig {
             master: Some(MasterRef { address: "m:1".into() }),

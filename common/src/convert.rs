@@ -56,6 +56,7 @@ impl From<&RouteDef> for proto::RouteSpec {
             mode: r.mode.clone().unwrap_or_default(),
             hostname: r.hostname.clone().unwrap_or_default(),
             public: r.public,
+            backend_tls: r.backend_tls,
         }
     }
 }
@@ -113,6 +114,7 @@ impl From<&proto::RouteSpec> for RouteDef {
             mode: opt(&r.mode),
             hostname: opt(&r.hostname),
             public: r.public,
+            backend_tls: r.backend_tls,
         }
     }
 }

@@ -165,14 +165,29 @@ pub struct Request {
     pub csr_pem: String,
 }
 
-/// Makes a new key and a CSR asking for `identity` with these SANs.
+/// Makes a new key and a CSR asking for `identity` (if any) with these SANs.
 pub fn make_csr(identity: &Identity, dns_names: &[String], ips: &[IpAddr]) -> Result<Request, PkiError> {
+    make_request(Some(identity), dns_names, ips)
+}
+
+/// Makes a new key and a CSR for a service's DNS names.
+pub fn make_service_csr(dns_names: &[String]) -> Result<Request, PkiError> {
+    make_request(None, dns_names, &[])
+}
+
+fn make_request(identity: Option<&Identity>, dns_names: &[String], ips: &[IpAddr]) -> Result<Request, PkiError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, identity.common_name());
+    let cn = identity
+        .map(Identity::common_name)
+        .unwrap_or_else(|| dns_names.first().cloned().unwrap_or_else(|| "service".into()));
+    dn.push(DnType::CommonName, cn);
     params.distinguished_name = dn;
-    let mut sans = vec![SanType::URI(identity.uri().try_into()?)];
+    let mut sans = Vec::new();
+    if let Some(identity) = identity {
+        sans.push(SanType::URI(identity.uri().try_into()?));
+    }
     for d in dns_names {
         sans.push(SanType::DnsName(d.clone().try_into()?));
     }
@@ -197,19 +212,45 @@ impl Ca {
     /// identity the caller proved, never from the CSR; the DNS and IP SANs
     /// the CSR asks for are kept. Returns the chain (leaf, CA), PEM.
     pub fn sign_csr(&self, csr_pem: &str, identity: &Identity, days: i64) -> Result<String, PkiError> {
+        self.sign(csr_pem, Some(identity), None, days)
+    }
+
+    /// Signs a CSR for a service: a server certificate whose DNS SANs are
+    /// exactly `hostnames` (what the CSR asks for is ignored), no identity.
+    pub fn sign_service_csr(&self, csr_pem: &str, hostnames: &[String], days: i64) -> Result<String, PkiError> {
+        self.sign(csr_pem, None, Some(hostnames), days)
+    }
+
+    fn sign(&self, csr_pem: &str, identity: Option<&Identity>, hostnames: Option<&[String]>, days: i64) -> Result<String, PkiError> {
         let invalid = |reason: String| PkiError::Invalid {
             path: "certificate signing request".into(),
             reason,
         };
         let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| invalid(e.to_string()))?;
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, identity.common_name());
+        let cn = match (identity, hostnames) {
+            (Some(id), _) => id.common_name(),
+            (None, Some(h)) => h.first().cloned().unwrap_or_else(|| "service".into()),
+            (None, None) => "mcp".into(),
+        };
+        dn.push(DnType::CommonName, cn);
         dn.push(DnType::OrganizationName, "mcp");
-        let mut sans = vec![SanType::URI(identity.uri().try_into()?)];
-        for san in &csr.params.subject_alt_names {
-            match san {
-                SanType::DnsName(_) | SanType::IpAddress(_) => sans.push(san.clone()),
-                _ => {}
+        let mut sans = Vec::new();
+        if let Some(id) = identity {
+            sans.push(SanType::URI(id.uri().try_into()?));
+        }
+        match hostnames {
+            Some(h) => {
+                for name in h {
+                    sans.push(SanType::DnsName(name.clone().try_into()?));
+                }
+            }
+            None => {
+                for san in &csr.params.subject_alt_names {
+                    if let SanType::DnsName(_) | SanType::IpAddress(_) = san {
+                        sans.push(san.clone());
+                    }
+                }
             }
         }
         let now = OffsetDateTime::now_utc();
@@ -217,7 +258,11 @@ impl Ca {
         params.distinguished_name = dn;
         params.subject_alt_names = sans;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = if identity.is_some() {
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]
+        } else {
+            vec![ExtendedKeyUsagePurpose::ServerAuth]
+        };
         params.use_authority_key_identifier_extension = true;
         params.not_before = now - Duration::minutes(5);
         params.not_after = now + Duration::days(days.max(1));
@@ -242,6 +287,13 @@ pub fn seconds_until_expiry(pem: &str) -> Option<i64> {
     let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
     let not_after = cert.validity().not_after.timestamp();
     Some(not_after - OffsetDateTime::now_utc().unix_timestamp())
+}
+
+/// (serial in hex, expiry in Unix seconds) of the first certificate.
+pub fn serial_and_expiry(pem: &str) -> Option<(String, i64)> {
+    let der = crate::tls::parse_certs(pem.as_bytes()).ok()?.into_iter().next()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some((hex::encode(cert.raw_serial()), cert.validity().not_after.timestamp()))
 }
 
 /// (seconds left, total lifetime in seconds) of the first certificate.
@@ -318,6 +370,12 @@ mod tests {
         assert_eq!(Identity::from_cert_der(&certs[0]), Some(Identity::Agent("rift".into())));
         assert!(ca.sign_csr("garbage", &Identity::Master, 1).is_err());
         assert_eq!(fingerprint(ca.cert_pem()).unwrap().len(), 64);
+        // Service certificates carry exactly the hostnames the CA decides.
+        let req = make_service_csr(&["evil.example.net".into()]).unwrap();
+        let chain = ca.sign_service_csr(&req.csr_pem, &["web.svc.zone".into()], 90).unwrap();
+        assert_eq!(sans(&chain).0, ["web.svc.zone"]);
+        let certs = crate::tls::parse_certs(chain.as_bytes()).unwrap();
+        assert_eq!(Identity::from_cert_der(&certs[0]), None);
         // Reloading keeps the same CA.
         let again = Ca::load(dir.path()).unwrap();
         assert_eq!(again.cert_pem(), ca.cert_pem());

@@ -84,6 +84,10 @@ pub struct RouteDef {
     pub hostname: Option<String>,
     #[serde(default)]
     pub public: bool,
+    /// L7 only: the container itself speaks TLS (with the service's
+    /// certificate) and the proxy connects to it over TLS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backend_tls: bool,
 }
 
 /// How to tell that a component is up.
@@ -476,6 +480,12 @@ impl Validator {
                 && let Err(reason) = check_hostname(h)
             {
                 self.err(format!("{rat}.hostname"), reason);
+            }
+            if r.backend_tls && r.mode() != RouteMode::L7 {
+                self.err(
+                    format!("{rat}.backend_tls"),
+                    "only l7 routes choose TLS to the backend (l4 passes the client's TLS through)",
+                );
             }
             if r.public && r.hostname.is_none() {
                 self.err(

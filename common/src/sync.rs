@@ -157,6 +157,7 @@ fn route(d: &mut Diff, at: &str, old: &(usize, &RouteDef), new: &(usize, &RouteD
     d.field(&format!("{at}.mode"), &old.mode(), &new.mode());
     d.field(&format!("{at}.hostname"), &text(&old.hostname), &text(&new.hostname));
     d.field(&format!("{at}.public"), &old.public, &new.public);
+    d.field(&format!("{at}.backend_tls"), &old.backend_tls, &new.backend_tls);
 }
 
 /// An optional string with empty meaning absent, as the gRPC edge maps it.

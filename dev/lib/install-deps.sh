@@ -13,6 +13,7 @@ packages=(
     docker-registry                                          # local OCI registry for tests
     busybox-static                                           # example and test images
     openssl sqlite3 curl procps iproute2 file                # tools the scripts and tests use
+    bind9-dnsutils                                           # dig, for the DNS tests
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -108,6 +108,29 @@ pub struct PlacementRow {
     pub updated_at: i64,
 }
 
+/// A DNS record as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsRow {
+    pub name: String,
+    pub kind: String,
+    pub value: String,
+    pub ttl: u32,
+    pub node: String,
+    pub service: String,
+}
+
+/// A public route served by an edge node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeRow {
+    pub hostname: String,
+    pub service: String,
+    pub edge_node: String,
+    pub backend_hostname: String,
+    pub backend_port: u16,
+    pub cert_serial: String,
+    pub cert_expires_at: i64,
+}
+
 /// Why a join token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
@@ -295,6 +318,92 @@ impl FleetDb {
         self.conn()
             .execute("DELETE FROM placements WHERE service = ?1", [service])?;
         Ok(())
+    }
+
+    /// Replaces the records of `name` with one A record.
+    pub fn set_dns_record(&self, name: &str, value: &str, ttl: u32, node: &str, service: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM dns_records WHERE name = ?1 AND type = 'A'", [name])?;
+        tx.execute(
+            "INSERT INTO dns_records (name, type, value, ttl, node, service) VALUES (?1, 'A', ?2, ?3, ?4, ?5)",
+            params![name, value, ttl, node, service],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes the records of `name`; returns how many went.
+    pub fn remove_dns_records(&self, name: &str) -> Result<usize> {
+        Ok(self.conn().execute("DELETE FROM dns_records WHERE name = ?1", [name])?)
+    }
+
+    /// Every DNS record: (name, type, value, ttl, node, service).
+    pub fn dns_records(&self) -> Result<Vec<DnsRow>> {
+        let conn = self.conn();
+        let rows = conn
+            .prepare("SELECT name, type, value, ttl, node, service FROM dns_records ORDER BY name, value")?
+            .query_map([], |r| {
+                Ok(DnsRow {
+                    name: r.get(0)?,
+                    kind: r.get(1)?,
+                    value: r.get(2)?,
+                    ttl: r.get(3)?,
+                    node: r.get(4)?,
+                    service: r.get(5)?,
+                })
+            })?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Records (insert or replace) an edge route.
+    pub fn save_edge_route(&self, e: &EdgeRow) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO edge_routes (hostname, service, edge_node, backend_hostname, backend_port,
+                                                 cert_serial, cert_expires_at, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                e.hostname,
+                e.service,
+                e.edge_node,
+                e.backend_hostname,
+                e.backend_port,
+                e.cert_serial,
+                e.cert_expires_at,
+                now()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets an edge route.
+    pub fn delete_edge_route(&self, hostname: &str) -> Result<()> {
+        self.conn().execute("DELETE FROM edge_routes WHERE hostname = ?1", [hostname])?;
+        Ok(())
+    }
+
+    /// Every edge route, by hostname.
+    pub fn edge_routes(&self) -> Result<Vec<EdgeRow>> {
+        let conn = self.conn();
+        let rows = conn
+            .prepare(
+                "SELECT hostname, service, edge_node, backend_hostname, backend_port, cert_serial, cert_expires_at
+                 FROM edge_routes ORDER BY hostname",
+            )?
+            .query_map([], |r| {
+                Ok(EdgeRow {
+                    hostname: r.get(0)?,
+                    service: r.get(1)?,
+                    edge_node: r.get(2)?,
+                    backend_hostname: r.get(3)?,
+                    backend_port: r.get(4)?,
+                    cert_serial: r.get(5)?,
+                    cert_expires_at: r.get(6)?,
+                })
+            })?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(rows)
     }
 
     /// Stores a new join token (hash of its secret only).

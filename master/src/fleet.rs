@@ -73,6 +73,16 @@ impl From<FleetError> for Status {
 
 type Result<T> = std::result::Result<T, FleetError>;
 
+fn step_failed(step: &str, started: Instant, error: String) -> proto::StepResult {
+    proto::StepResult {
+        step: step.into(),
+        success: false,
+        error,
+        duration_ms: started.elapsed().as_millis() as u64,
+        ..Default::default()
+    }
+}
+
 /// Master state shared by all requests and background loops.
 pub struct Master {
     pub cfg: MasterConfig,
@@ -87,13 +97,30 @@ pub struct Master {
     calls: Mutex<HashMap<(String, &'static str), Instant>>,
     /// Services agents run that the master did not place there.
     orphans: Mutex<Vec<String>>,
+    /// The internal zone's records, served by the DNS server.
+    pub records: Arc<crate::dns::Records>,
+    zone: String,
+    dns_ttl: u32,
 }
 
 impl Master {
     /// Loads nodes from the database.
     pub fn new(cfg: MasterConfig, db: FleetDb, ca: Ca) -> Result<Master> {
         let nodes = db.nodes()?.into_iter().map(|n| (n.name.clone(), n)).collect();
+        let records = Arc::new(crate::dns::Records::new());
+        let mut by_name: BTreeMap<String, Vec<std::net::Ipv4Addr>> = BTreeMap::new();
+        for r in db.dns_records()? {
+            if let Ok(ip) = r.value.parse() {
+                by_name.entry(r.name).or_default().push(ip);
+            }
+        }
+        records.replace_all(by_name).map_err(|e| FleetError::Internal(e.to_string()))?;
+        let zone = cfg.dns.zone.clone();
+        let dns_ttl = cfg.dns.ttl;
         Ok(Master {
+            records,
+            zone,
+            dns_ttl,
             cfg,
             db,
             ca,
@@ -565,9 +592,17 @@ impl Master {
             })
             .await;
         match result {
-            Ok(resp) => {
+            Ok(mut resp) => {
                 self.db
                     .set_placement_state(&def.name, "deployed", &format!("deployed by {request_id}"))?;
+                // Public routes: the edge side, after the worker side is up.
+                if let Some(step) = self.sync_edge(&def, &node).await {
+                    if !step.success {
+                        let detail = format!("edge route failed: {}", step.error);
+                        self.db.set_placement_state(&def.name, "deployed", &detail)?;
+                    }
+                    resp.steps.push(step);
+                }
                 if current.is_none() {
                     // Until the next heartbeat, count the new containers so
                     // placements in quick succession spread out.
@@ -661,6 +696,13 @@ impl Master {
             Err(e) => return Err(e),
         };
         self.db.delete_placement(&name)?;
+        // The worker side is gone: now the edge, then any record left over.
+        let mut resp = resp;
+        resp.warnings.extend(self.remove_edges_of(&name).await);
+        let record = format!("{name}.{}", self.zone);
+        if self.db.remove_dns_records(&record)? > 0 {
+            self.records.remove(&record);
+        }
         Ok(proto::FleetOperationResponse {
             node: p.node,
             result: Some(resp),
@@ -839,6 +881,341 @@ impl Master {
         Ok(out)
     }
 
+    // ------------------------------------------------------ networking
+
+    /// Internal zone of the fleet.
+    pub fn zone(&self) -> &str {
+        &self.zone
+    }
+
+    /// Names a service may carry on certificates the fleet CA issues to
+    /// `node`: its internal name and route hostnames when it is placed on
+    /// that node; public hostnames that node serves as an edge.
+    fn allowed_hostnames(&self, node: &str, service: &str) -> Result<Vec<String>> {
+        let mut allowed = Vec::new();
+        if let Some(p) = self.db.placement(service)?
+            && p.node == node
+        {
+            allowed.push(format!("{service}.{}", self.zone));
+            for c in &p.def.components {
+                for r in &c.routes {
+                    if let Some(h) = &r.hostname {
+                        allowed.push(h.clone());
+                    }
+                }
+            }
+        }
+        for e in self.db.edge_routes()? {
+            if e.edge_node == node && e.service == service {
+                allowed.push(e.hostname);
+            }
+        }
+        Ok(allowed)
+    }
+
+    /// Signs a service certificate for `node` after checking every name.
+    pub fn issue_service_certificate(&self, node: &str, req: &proto::IssueServiceCertificateRequest) -> Result<String> {
+        if req.name != node {
+            return Err(FleetError::Denied(format!("agent-{node} may not ask for node {:?}", req.name)));
+        }
+        if req.hostnames.is_empty() {
+            return Err(FleetError::Invalid("a certificate needs at least one hostname".into()));
+        }
+        let allowed = self.allowed_hostnames(node, &req.service)?;
+        for h in &req.hostnames {
+            service::check_hostname(h).map_err(|r| FleetError::Invalid(format!("hostname {h:?}: {r}")))?;
+            if !allowed.contains(h) {
+                return Err(FleetError::Denied(format!(
+                    "{h} is not a name of service {} on node {node}",
+                    req.service
+                )));
+            }
+        }
+        let chain = self
+            .ca
+            .sign_service_csr(&req.csr_pem, &req.hostnames, self.cfg.registration.cert_days)
+            .map_err(|e| FleetError::Invalid(format!("certificate signing request: {e}")))?;
+        tracing::info!(%node, service = %req.service, hostnames = ?req.hostnames, "service certificate issued");
+        Ok(chain)
+    }
+
+    /// The host part of a node's registered address, if it is IPv4.
+    fn node_ipv4(&self, node: &str) -> Option<std::net::Ipv4Addr> {
+        let nodes = self.read_nodes();
+        let addr = &nodes.get(node)?.address;
+        addr.rsplit_once(':').and_then(|(h, _)| h.parse().ok())
+    }
+
+    /// Publishes `<service>.<zone>` → the node's address.
+    pub fn register_dns(&self, node: &str, req: &proto::DnsRecordRequest) -> Result<()> {
+        if req.name != node {
+            return Err(FleetError::Denied(format!("agent-{node} may not act for node {:?}", req.name)));
+        }
+        let expected = format!("{}.{}", req.service, self.zone);
+        if req.hostname != expected {
+            return Err(FleetError::Invalid(format!("record {:?}: expected {expected}", req.hostname)));
+        }
+        match self.db.placement(&req.service)? {
+            Some(p) if p.node == node => {}
+            _ => {
+                return Err(FleetError::Denied(format!(
+                    "service {} is not placed on node {node}",
+                    req.service
+                )));
+            }
+        }
+        let addr: std::net::Ipv4Addr = req
+            .address
+            .parse()
+            .map_err(|_| FleetError::Invalid(format!("address {:?} is not IPv4", req.address)))?;
+        if let Some(own) = self.node_ipv4(node)
+            && own != addr
+        {
+            return Err(FleetError::Denied(format!("{addr} is not node {node}'s address ({own})")));
+        }
+        self.db.set_dns_record(&expected, &addr.to_string(), self.dns_ttl, node, &req.service)?;
+        self.records
+            .set(&expected, vec![addr])
+            .map_err(|e| FleetError::Invalid(e.to_string()))?;
+        tracing::info!(%node, name = %expected, %addr, "dns record set");
+        Ok(())
+    }
+
+    /// Withdraws `<service>.<zone>` (only the node that holds it may).
+    pub fn remove_dns(&self, node: &str, req: &proto::DnsRecordRequest) -> Result<()> {
+        if req.name != node {
+            return Err(FleetError::Denied(format!("agent-{node} may not act for node {:?}", req.name)));
+        }
+        let name = format!("{}.{}", req.service, self.zone);
+        let rows = self.db.dns_records()?;
+        if let Some(other) = rows.iter().find(|r| r.name == name && r.node != node) {
+            return Err(FleetError::Denied(format!("{name} belongs to node {}", other.node)));
+        }
+        self.db.remove_dns_records(&name)?;
+        self.records.remove(&name);
+        tracing::info!(%node, %name, "dns record removed");
+        Ok(())
+    }
+
+    /// The zone's records.
+    pub fn dns_records(&self) -> Result<Vec<proto::DnsRecord>> {
+        Ok(self
+            .db
+            .dns_records()?
+            .into_iter()
+            .map(|r| proto::DnsRecord {
+                name: r.name,
+                r#type: r.kind,
+                value: r.value,
+                ttl: r.ttl,
+                node: r.node,
+                service: r.service,
+            })
+            .collect())
+    }
+
+    /// Proxy routes of every node, in parallel.
+    pub async fn routes(&self) -> Result<proto::FleetRoutes> {
+        let nodes: Vec<String> = self.read_nodes().keys().cloned().collect();
+        let timeout = self.cfg.timeouts.health_check;
+        let calls = nodes.iter().map(|n| async move {
+            let r = self
+                .call(n, timeout, |mut c| async move { c.list_proxy_routes(proto::ListProxyRoutesRequest {}).await })
+                .await;
+            (n.clone(), r)
+        });
+        let mut out = Vec::new();
+        for (node, r) in join_all(calls).await {
+            out.push(match r {
+                Ok(l) => proto::NodeRoutes {
+                    node,
+                    error: String::new(),
+                    routes: l.routes,
+                },
+                Err(e) => proto::NodeRoutes {
+                    node,
+                    error: e.to_string(),
+                    routes: vec![],
+                },
+            });
+        }
+        Ok(proto::FleetRoutes { nodes: out })
+    }
+
+    /// Public routes with what their edge reports now.
+    pub async fn edge_routes(&self) -> Result<Vec<proto::EdgeRouteInfo>> {
+        let rows = self.db.edge_routes()?;
+        let edges: HashSet<String> = rows.iter().map(|r| r.edge_node.clone()).collect();
+        let timeout = self.cfg.timeouts.health_check;
+        let calls = edges.iter().map(|n| async move {
+            let r = self
+                .call(n, timeout, |mut c| async move { c.list_proxy_routes(proto::ListProxyRoutesRequest {}).await })
+                .await;
+            (n.clone(), r)
+        });
+        let served: HashMap<String, std::result::Result<proto::ListProxyRoutesResponse, FleetError>> =
+            join_all(calls).await.into_iter().collect();
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let state = match served.get(&r.edge_node) {
+                    Some(Ok(l)) if l.routes.iter().any(|x| x.hostname == r.hostname) => "ok",
+                    Some(Ok(_)) => "missing",
+                    _ => "unreachable",
+                };
+                proto::EdgeRouteInfo {
+                    hostname: r.hostname,
+                    service: r.service,
+                    edge_node: r.edge_node,
+                    backend_hostname: r.backend_hostname,
+                    backend_port: r.backend_port.into(),
+                    cert_serial: r.cert_serial,
+                    cert_expires_at: r.cert_expires_at,
+                    state: state.to_string(),
+                }
+            })
+            .collect())
+    }
+
+    /// After a deploy on `node`: every public route of `def` gets an edge
+    /// route on a healthy edge node; edge routes of hostnames no longer
+    /// public are removed. Returns the step result, if there was anything
+    /// to do.
+    pub async fn sync_edge(&self, def: &ServiceDef, node: &str) -> Option<proto::StepResult> {
+        let started = Instant::now();
+        let public: Vec<(String, u16)> = def
+            .components
+            .iter()
+            .flat_map(|c| &c.routes)
+            .filter(|r| r.public)
+            .filter_map(|r| r.hostname.clone().map(|h| (h, r.port as u16)))
+            .collect();
+        let existing: Vec<crate::db::EdgeRow> = match self.db.edge_routes() {
+            Ok(rows) => rows.into_iter().filter(|e| e.service == def.name).collect(),
+            Err(e) => return Some(step_failed("edge", started, e.to_string())),
+        };
+        if public.is_empty() && existing.is_empty() {
+            return None;
+        }
+        let mut done = Vec::new();
+        let mut problems = Vec::new();
+        for stale in existing.iter().filter(|e| !public.iter().any(|(h, _)| h == &e.hostname)) {
+            match self.remove_edge(stale).await {
+                Ok(()) => done.push(format!("removed {}", stale.hostname)),
+                Err(e) => problems.push(format!("{}: {e}", stale.hostname)),
+            }
+        }
+        for (hostname, port) in &public {
+            match self.setup_edge(def, node, hostname, *port).await {
+                Ok(edge) => done.push(format!("{hostname} on {edge}")),
+                Err(e) => problems.push(format!("{hostname}: {e}")),
+            }
+        }
+        Some(if problems.is_empty() {
+            proto::StepResult {
+                step: "edge".into(),
+                success: true,
+                detail: done.join(", "),
+                duration_ms: started.elapsed().as_millis() as u64,
+                ..Default::default()
+            }
+        } else {
+            step_failed("edge", started, problems.join("; "))
+        })
+    }
+
+    /// Asks an edge node to serve `hostname` for `def`, backed by the
+    /// worker `node`'s proxy listener for the route port.
+    async fn setup_edge(&self, def: &ServiceDef, node: &str, hostname: &str, port: u16) -> Result<String> {
+        let edge = self
+            .read_nodes()
+            .values()
+            .find(|n| n.role == "edge" && n.healthy)
+            .map(|n| n.name.clone())
+            .ok_or_else(|| FleetError::Precondition("no healthy edge node".into()))?;
+        let backend_hostname = format!("{}.{}", def.name, self.zone);
+        // Where the worker's proxy listens for this route port.
+        let routes = self
+            .call(node, self.cfg.timeouts.edge_route, |mut c| async move {
+                c.list_proxy_routes(proto::ListProxyRoutesRequest {}).await
+            })
+            .await?;
+        let listener = routes
+            .routes
+            .iter()
+            .find(|r| r.service == def.name && r.listener_port == u32::from(port) && !r.listener.is_empty())
+            .map(|r| r.listener.clone())
+            .ok_or_else(|| {
+                FleetError::Precondition(format!("node {node} serves no proxy listener for port {port} of {}", def.name))
+            })?;
+        let backend_address = match listener.rsplit_once(':') {
+            Some((host, p)) if host == "0.0.0.0" || host == "[::]" => {
+                let ip = self.node_ipv4(node).map(|i| i.to_string()).unwrap_or_else(|| "127.0.0.1".into());
+                format!("{ip}:{p}")
+            }
+            _ => listener,
+        };
+        let req = proto::SetupEdgeRouteRequest {
+            hostname: hostname.to_string(),
+            backend_hostname: backend_hostname.clone(),
+            backend_port: port.into(),
+            backend_tls: true,
+            service: def.name.clone(),
+            port: port.into(),
+            backend_address,
+        };
+        // The edge asks the CA for the public name: record the route first.
+        let mut row = crate::db::EdgeRow {
+            hostname: hostname.to_string(),
+            service: def.name.clone(),
+            edge_node: edge.clone(),
+            backend_hostname,
+            backend_port: port,
+            cert_serial: String::new(),
+            cert_expires_at: 0,
+        };
+        self.db.save_edge_route(&row)?;
+        match self
+            .call(&edge, self.cfg.timeouts.edge_route, |mut c| async move { c.setup_edge_route(req).await })
+            .await
+        {
+            Ok(resp) => {
+                row.cert_serial = resp.cert_serial;
+                row.cert_expires_at = resp.cert_expires_at;
+                self.db.save_edge_route(&row)?;
+                tracing::info!(%hostname, %edge, service = %def.name, "edge route set up");
+                Ok(edge)
+            }
+            Err(e) => {
+                self.db.delete_edge_route(hostname)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes an edge route from its edge and from the database.
+    async fn remove_edge(&self, e: &crate::db::EdgeRow) -> Result<()> {
+        let req = proto::RemoveEdgeRouteRequest {
+            hostname: e.hostname.clone(),
+            port: e.backend_port.into(),
+        };
+        self.call(&e.edge_node, self.cfg.timeouts.edge_route, |mut c| async move { c.remove_edge_route(req).await })
+            .await?;
+        self.db.delete_edge_route(&e.hostname)?;
+        Ok(())
+    }
+
+    /// Removes every edge route of `service` (after its worker side is gone).
+    pub async fn remove_edges_of(&self, service: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        for e in self.db.edge_routes().unwrap_or_default().into_iter().filter(|e| e.service == service) {
+            if let Err(err) = self.remove_edge(&e).await {
+                problems.push(format!("edge route {} on {}: {err}", e.hostname, e.edge_node));
+            }
+        }
+        problems
+    }
+
     /// Orphans found by the last reconciliation.
     pub fn orphans(&self) -> Vec<String> {
         self.orphans.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -856,6 +1233,12 @@ impl Master {
             .filter(|n| n.healthy && n.last_seen < silent_since)
             .map(|n| n.name.clone())
             .collect();
+        // Nothing changed: heartbeats are left to the batched writer. A
+        // flush here would run SQLite (and a WAL checkpoint's fsync) on an
+        // async worker and stall the requests queued behind it.
+        if silent.is_empty() {
+            return;
+        }
         let timeout = self.cfg.timeouts.health_check;
         let probes = silent.iter().map(|n| async move {
             let r = self

@@ -2,5 +2,6 @@
 //! deploys, tracks node health, owns the fleet CA.
 
 pub mod db;
+pub mod dns;
 pub mod fleet;
 pub mod server;

@@ -151,6 +151,7 @@ fn init(config: &Path, a: InitArgs) -> Result<()> {
             reconcile: ReconcileSection::default(),
             log: LogSection::default(),
             mcias: None,
+            dns: Default::default(),
         };
         mcp_common::fsutil::write_atomic(config, toml::to_string_pretty(&cfg)?.as_bytes(), 0o600)?;
         println!("wrote {}", config.display());
@@ -201,6 +202,26 @@ async fn serve(cfg: MasterConfig) -> Result<()> {
         .await
         .with_context(|| format!("listen on {}", cfg.master.listen))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let dns = if cfg.dns.listen.is_empty() {
+        None
+    } else {
+        let d = &cfg.dns;
+        let dns_cfg = mcp_master::dns::DnsConfig {
+            listen: d.listen.clone(),
+            zone: d.zone.clone(),
+            ttl: d.ttl,
+            ns: d.ns.clone(),
+            ns_addresses: d.ns_addresses.clone(),
+            admin: d.admin.clone(),
+        };
+        let mut stop = stop_rx.clone();
+        let handle = mcp_master::dns::serve(dns_cfg, master.records.clone(), async move {
+            let _ = stop.changed().await;
+        })
+        .await
+        .with_context(|| format!("dns on {:?}", d.listen))?;
+        Some(handle)
+    };
     let loops = background(master.clone(), cert_store, stop_rx);
     tracing::info!(listen = %cfg.master.listen, node = %cfg.master.node, version = mcp_common::VERSION, "mcp-master serving");
     let result = tonic::transport::Server::builder()
@@ -213,6 +234,9 @@ async fn serve(cfg: MasterConfig) -> Result<()> {
         .await;
     let _ = stop_tx.send(true);
     let _ = loops.await;
+    if let Some(d) = dns {
+        let _ = d.await;
+    }
     master.flush()?;
     tracing::info!("mcp-master stopped");
     Ok(result?)
@@ -233,8 +257,14 @@ fn background(
         loop {
             tokio::select! {
                 _ = flush.tick() => {
-                    if let Err(e) = master.flush() {
-                        tracing::error!(error = %e, "cannot write node states");
+                    // A commit can checkpoint the WAL, and that fsyncs (over
+                    // 100 ms seen on this disk): keep it off the async
+                    // workers, or requests queued behind it stall.
+                    let m = master.clone();
+                    match tokio::task::spawn_blocking(move || m.flush()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::error!(error = %e, "cannot write node states"),
+                        Err(e) => tracing::error!(error = %e, "node state writer failed"),
                     }
                 }
                 _ = health.tick() => master.check_health().await,

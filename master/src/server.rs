@@ -185,6 +185,30 @@ impl McpMasterService for MasterService {
             expires_at,
         }))
     }
+
+    async fn list_dns_records(
+        &self,
+        _req: Request<proto::ListDnsRecordsRequest>,
+    ) -> Result<Response<proto::ListDnsRecordsResponse>, Status> {
+        let records = self.master.dns_records().map_err(Status::from)?;
+        Ok(Response::new(proto::ListDnsRecordsResponse {
+            zone: self.master.zone().to_string(),
+            records,
+            listen: self.master.cfg.dns.listen.iter().map(|a| a.to_string()).collect(),
+        }))
+    }
+
+    async fn list_routes(&self, _req: Request<proto::ListProxyRoutesRequest>) -> Result<Response<proto::FleetRoutes>, Status> {
+        done(self.master.routes().await)
+    }
+
+    async fn list_edge_routes(
+        &self,
+        _req: Request<proto::ListEdgeRoutesRequest>,
+    ) -> Result<Response<proto::ListEdgeRoutesResponse>, Status> {
+        let routes = self.master.edge_routes().await.map_err(Status::from)?;
+        Ok(Response::new(proto::ListEdgeRoutesResponse { routes }))
+    }
 }
 
 #[tonic::async_trait]
@@ -235,5 +259,32 @@ impl McpRegistrationService for RegistrationService {
         let cert_chain_pem = self.master.issue_certificate(&node, &r.csr_pem).map_err(Status::from)?;
         tracing::info!(%node, "certificate renewed");
         Ok(Response::new(proto::IssueCertificateResponse { cert_chain_pem }))
+    }
+
+    async fn issue_service_certificate(
+        &self,
+        req: Request<proto::IssueServiceCertificateRequest>,
+    ) -> Result<Response<proto::IssueCertificateResponse>, Status> {
+        let node = agent_node(&req)?;
+        let cert_chain_pem = self.master.issue_service_certificate(&node, req.get_ref()).map_err(Status::from)?;
+        Ok(Response::new(proto::IssueCertificateResponse { cert_chain_pem }))
+    }
+
+    async fn register_dns_record(
+        &self,
+        req: Request<proto::DnsRecordRequest>,
+    ) -> Result<Response<proto::DnsRecordResponse>, Status> {
+        let node = agent_node(&req)?;
+        self.master.register_dns(&node, req.get_ref()).map_err(Status::from)?;
+        Ok(Response::new(proto::DnsRecordResponse {}))
+    }
+
+    async fn remove_dns_record(
+        &self,
+        req: Request<proto::DnsRecordRequest>,
+    ) -> Result<Response<proto::DnsRecordResponse>, Status> {
+        let node = agent_node(&req)?;
+        self.master.remove_dns(&node, req.get_ref()).map_err(Status::from)?;
+        Ok(Response::new(proto::DnsRecordResponse {}))
     }
 }

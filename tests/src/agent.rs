@@ -164,6 +164,23 @@ impl TestAgent {
         }
     }
 
+    /// Writes `rel` (under the agent's dir) owned by its user with `mode`.
+    pub fn plant_file(&self, rel: &str, contents: &str, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.dir.join(rel);
+        std::fs::write(&p, contents).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        chown(self.user, &p);
+    }
+
+    /// Edits the agent's configuration file (keeps its owner and mode).
+    pub fn configure(&self, edit: impl FnOnce(&mut toml::Table)) {
+        let path = self.dir.join("agent.toml");
+        let mut cfg: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+        edit(&mut cfg);
+        std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    }
+
     /// Process id of the running agent.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

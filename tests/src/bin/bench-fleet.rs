@@ -7,11 +7,12 @@
 //! that window, and the wall time of `mcp ps` across 100 simulated nodes
 //! (fake agent gRPC servers the master fans out to). Run with `bench/fleet`.
 //!
-//! `bench-fleet [--agents 1000,10000] [--rounds 2] [--interval 30]
+//! `bench-fleet [--agents 1000,10000] [--rounds 3] [--interval 30]
 //!              [--ps-nodes 100] [--ps-runs 10] [--ps-hung 0]`
 //!
 //! `--ps-hung K` then registers K more nodes that accept TCP but never
-//! answer (a frozen agent) and times one more `mcp ps`.
+//! answer (a frozen agent) and times `mcp ps` twice more: the frozen nodes
+//! should cost one dial timeout (`timeouts.health_check`), not one each.
 //!
 //! Master configuration: production `[heartbeat]` values (interval 30,
 //! check_every 10) and `timeouts.health_check` 5, except `silent_after`,
@@ -57,7 +58,7 @@ struct Args {
 fn args() -> Args {
     let mut a = Args {
         agents: vec![1000, 10000],
-        rounds: 2,
+        rounds: 3,
         interval: 30,
         ps_nodes: 100,
         ps_runs: 10,
@@ -480,6 +481,10 @@ fn fleet(rt: &tokio::runtime::Runtime, n: usize, a: &Args) -> FleetResult {
     let cpu0 = cpu_seconds(&pid);
     let sim0 = cpu_seconds("self");
     let t0 = Instant::now();
+    let wall0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
     let (links, samples) = rt.block_on(async {
         let start = tokio::time::Instant::now();
         let tasks: Vec<_> = r
@@ -532,7 +537,7 @@ fn fleet(rt: &tokio::runtime::Runtime, n: usize, a: &Args) -> FleetResult {
         hwm_kib,
     };
     println!(
-        "   heartbeats: {} rounds every {} s over {:.1} s: {} ok, {} errors, {:.1}/s",
+        "   heartbeats: {} rounds every {} s over {:.1} s (from unix time {wall0:.3}): {} ok, {} errors, {:.1}/s",
         a.rounds, a.interval, window, res.ok, res.errors, res.rate
     );
     for (e, count) in errs.iter().take(5) {
@@ -678,6 +683,27 @@ impl McpAgentService for FakeAgent {
 
     async fn logs(&self, _: Request<proto::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         Err(fake("Logs"))
+    }
+
+    async fn list_proxy_routes(
+        &self,
+        _: Request<proto::ListProxyRoutesRequest>,
+    ) -> Result<Response<proto::ListProxyRoutesResponse>, Status> {
+        Err(fake("ListProxyRoutes"))
+    }
+
+    async fn setup_edge_route(
+        &self,
+        _: Request<proto::SetupEdgeRouteRequest>,
+    ) -> Result<Response<proto::EdgeRouteResponse>, Status> {
+        Err(fake("SetupEdgeRoute"))
+    }
+
+    async fn remove_edge_route(
+        &self,
+        _: Request<proto::RemoveEdgeRouteRequest>,
+    ) -> Result<Response<proto::EdgeRouteResponse>, Status> {
+        Err(fake("RemoveEdgeRoute"))
     }
 }
 

@@ -1,0 +1,139 @@
+//! Platform services a deploy wires a service into (SPEC §5): a certificate
+//! authority and a DNS registrar, each a small trait with the embedded
+//! default (the master, over gRPC) as real implementation.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcp_common::config::AgentConfig;
+use mcp_common::identity::{Identity, NODE_METADATA};
+use mcp_common::proto::{self, mcp_registration_service_client::McpRegistrationServiceClient};
+use mcp_common::tls;
+use tonic::transport::Channel;
+
+/// A freshly issued service certificate.
+pub struct ServiceCert {
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+/// Issues TLS certificates for services.
+#[tonic::async_trait]
+pub trait CertAuthority: Send + Sync {
+    /// A certificate for `hostnames` of `service` (key made here).
+    async fn issue(&self, service: &str, hostnames: &[String]) -> Result<ServiceCert, String>;
+}
+
+/// Publishes service names in DNS.
+#[tonic::async_trait]
+pub trait DnsRegistrar: Send + Sync {
+    /// `hostname` → `address` for `service`.
+    async fn register(&self, service: &str, hostname: &str, address: Ipv4Addr) -> Result<(), String>;
+    /// Withdraws the record of `service`.
+    async fn remove(&self, service: &str, hostname: &str) -> Result<(), String>;
+}
+
+/// The master as CA and DNS registrar, called with the agent's identity.
+pub struct Master {
+    cfg: AgentConfig,
+    channel: tokio::sync::Mutex<Option<Channel>>,
+}
+
+impl Master {
+    /// For an agent with `[master]`.
+    pub fn new(cfg: &AgentConfig) -> Option<Arc<Master>> {
+        cfg.master.as_ref().map(|_| {
+            Arc::new(Master {
+                cfg: cfg.clone(),
+                channel: tokio::sync::Mutex::new(None),
+            })
+        })
+    }
+
+    async fn client(&self) -> Result<McpRegistrationServiceClient<Channel>, String> {
+        let mut slot = self.channel.lock().await;
+        if let Some(ch) = slot.as_ref() {
+            return Ok(McpRegistrationServiceClient::new(ch.clone()));
+        }
+        let address = self.cfg.master.as_ref().map(|m| m.address.clone()).unwrap_or_default();
+        // Read the certificate files on each new connection: they renew.
+        let config = tls::client_config(&self.cfg.tls, Some(Identity::Master)).map_err(|e| e.to_string())?;
+        let timeouts = tls::Timeouts {
+            connect: Duration::from_secs(5),
+            request: Some(Duration::from_secs(30)),
+        };
+        let (ch, _) = tls::connect(&[address.clone()], config, timeouts)
+            .await
+            .map_err(|e| format!("master {address}: {e}"))?;
+        *slot = Some(ch.clone());
+        Ok(McpRegistrationServiceClient::new(ch))
+    }
+
+    async fn forget(&self) {
+        *self.channel.lock().await = None;
+    }
+
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        if let Ok(v) = self.cfg.agent.name.parse() {
+            r.metadata_mut().insert(NODE_METADATA, v);
+        }
+        r
+    }
+
+    fn failed(&self, what: &str, s: tonic::Status) -> String {
+        format!("master refused {what}: {} ({:?})", s.message(), s.code())
+    }
+}
+
+#[tonic::async_trait]
+impl CertAuthority for Master {
+    async fn issue(&self, service: &str, hostnames: &[String]) -> Result<ServiceCert, String> {
+        let req = mcp_common::pki::make_service_csr(hostnames).map_err(|e| e.to_string())?;
+        let mut client = self.client().await?;
+        let msg = proto::IssueServiceCertificateRequest {
+            name: self.cfg.agent.name.clone(),
+            service: service.to_string(),
+            hostnames: hostnames.to_vec(),
+            csr_pem: req.csr_pem,
+        };
+        match client.issue_service_certificate(self.request(msg)).await {
+            Ok(r) => Ok(ServiceCert {
+                chain_pem: r.into_inner().cert_chain_pem,
+                key_pem: req.key_pem,
+            }),
+            Err(s) => {
+                if s.code() == tonic::Code::Unavailable {
+                    self.forget().await;
+                }
+                Err(self.failed("the certificate", s))
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl DnsRegistrar for Master {
+    async fn register(&self, service: &str, hostname: &str, address: Ipv4Addr) -> Result<(), String> {
+        let mut client = self.client().await?;
+        let msg = proto::DnsRecordRequest {
+            name: self.cfg.agent.name.clone(),
+            service: service.to_string(),
+            hostname: hostname.to_string(),
+            address: address.to_string(),
+        };
+        client.register_dns_record(self.request(msg)).await.map(|_| ()).map_err(|s| self.failed("the DNS record", s))
+    }
+
+    async fn remove(&self, service: &str, hostname: &str) -> Result<(), String> {
+        let mut client = self.client().await?;
+        let msg = proto::DnsRecordRequest {
+            name: self.cfg.agent.name.clone(),
+            service: service.to_string(),
+            hostname: hostname.to_string(),
+            address: String::new(),
+        };
+        client.remove_dns_record(self.request(msg)).await.map(|_| ()).map_err(|s| self.failed("the DNS removal", s))
+    }
+}
