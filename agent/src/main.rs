@@ -225,6 +225,7 @@ fn init(config: &Path, a: InitArgs) -> Result<()> {
             network: Default::default(),
             proxy: None,
             edge: None,
+            mcns: None,
         };
         let text = toml::to_string_pretty(&cfg)?;
         mcp_common::fsutil::write_atomic(config, text.as_bytes(), 0o600)?;
@@ -296,6 +297,7 @@ fn join(config: &Path, a: JoinArgs) -> Result<()> {
         network: Default::default(),
         proxy: None,
         edge: None,
+        mcns: None,
     };
     mcp_common::fsutil::write_atomic(config, toml::to_string_pretty(&cfg)?.as_bytes(), 0o600)?;
     println!("joined the fleet as agent-{}; wrote {}", token.node, config.display());
@@ -367,12 +369,18 @@ fn platform(cfg: &AgentConfig) -> Result<mcp_agent::ops::Platform> {
     let master = mcp_agent::platform::Master::new(cfg);
     let mut p = mcp_agent::ops::Platform::default();
     if cfg.ca_from_master() {
-        let m = master.clone().context("network.ca = \"master\" needs a [master] section")?;
+        let m = master
+            .clone()
+            .context("network.ca = \"master\" needs a [master] section")?;
         p.ca = Some(m);
     }
     if cfg.dns_with_master() {
-        let m = master.clone().context("network.dns = \"master\" needs a [master] section")?;
+        let m = master
+            .clone()
+            .context("network.dns = \"master\" needs a [master] section")?;
         p.dns = Some(m);
+    } else if let (Some("mcns"), Some(m)) = (cfg.network.dns.as_deref(), &cfg.mcns) {
+        p.dns = Some(Arc::new(mcp_agent::mcns::Mcns::new(m)?));
     }
     if let Some(px) = &cfg.proxy {
         let listeners = px.listeners.iter().map(|l| (l.port, l.bind)).collect();

@@ -57,13 +57,12 @@ use hyper_util::rt::TokioIo;
 use mcp_common::tls::{error_chain, parse_certs};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 /// Default zone of service records (SPEC §4 step 5).
-pub const DEFAULT_ZONE: &str = "svc.mcp.metacircular.net";
+pub use mcp_common::service::DEFAULT_ZONE;
 
 /// Bound on one HTTP exchange with MCNS.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,45 +73,7 @@ const MAX_ANSWER_LEN: usize = 4 * 1024 * 1024;
 /// Longest token accepted from the token file.
 const MAX_TOKEN_LEN: usize = 16 * 1024;
 
-/// `[mcns]` section of the agent configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct McnsConfig {
-    /// Base URL of the MCNS REST API, e.g. `https://mcns.example:8443`; `http` only to loopback.
-    pub url: String,
-    /// File holding the MCIAS bearer token of the agent (read on every call).
-    pub token_path: PathBuf,
-    /// PEM file of the CA that signs the MCNS certificate; required for `https`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca: Option<PathBuf>,
-    /// The zone records are published in.
-    #[serde(default = "default_zone")]
-    pub zone: String,
-    /// TTL of the records created.
-    #[serde(default = "default_ttl")]
-    pub ttl: u32,
-}
-
-fn default_zone() -> String {
-    DEFAULT_ZONE.to_string()
-}
-
-fn default_ttl() -> u32 {
-    60
-}
-
-impl McnsConfig {
-    /// Configuration for `url` and `token_path` with every other field at its default.
-    pub fn new(url: &str, token_path: &Path) -> McnsConfig {
-        McnsConfig {
-            url: url.to_string(),
-            token_path: token_path.to_path_buf(),
-            ca: None,
-            zone: default_zone(),
-            ttl: default_ttl(),
-        }
-    }
-}
+pub use mcp_common::config::McnsConfig;
 
 /// Why an MCNS call failed or the client could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -1253,5 +1214,16 @@ mod tests {
         assert!(parse_records(br#"{"records":[{"Name":"web"}]}"#, ZONE).is_err());
         assert!(parse_records(b"\"records\"", ZONE).is_err());
         assert_eq!(encode("a b/c@d"), "a%20b%2Fc%40d");
+    }
+}
+
+#[tonic::async_trait]
+impl crate::platform::DnsRegistrar for Mcns {
+    async fn register(&self, _service: &str, hostname: &str, address: Ipv4Addr) -> Result<(), String> {
+        self.set_a(hostname, address).await.map_err(|e| e.to_string())
+    }
+
+    async fn remove(&self, _service: &str, hostname: &str) -> Result<(), String> {
+        Mcns::remove(self, hostname).await.map_err(|e| e.to_string())
     }
 }

@@ -157,7 +157,13 @@ pub struct Platform {
 
 impl Agent {
     /// Assembles the agent.
-    pub fn new(cfg: AgentConfig, registry: Registry, podman: Podman, podman_version: String, platform: Platform) -> Agent {
+    pub fn new(
+        cfg: AgentConfig,
+        registry: Registry,
+        podman: Podman,
+        podman_version: String,
+        platform: Platform,
+    ) -> Agent {
         Agent {
             cfg,
             registry,
@@ -297,7 +303,8 @@ impl Agent {
         let containers_changed = actions.iter().any(Action::changes_something);
         let definition_changed = old.as_ref().is_none_or(|o| o.def != def);
         if !containers_changed && !definition_changed {
-            out.steps.retain(|s| s.name == step::PORTS || s.name == step::CERTIFICATES);
+            out.steps
+                .retain(|s| s.name == step::PORTS || s.name == step::CERTIFICATES);
             out.skip(step::CONTAINERS, "unchanged");
             out.skip(step::ROUTES, "unchanged");
             out.skip(step::DNS, "unchanged");

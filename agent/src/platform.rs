@@ -123,7 +123,11 @@ impl DnsRegistrar for Master {
             hostname: hostname.to_string(),
             address: address.to_string(),
         };
-        client.register_dns_record(self.request(msg)).await.map(|_| ()).map_err(|s| self.failed("the DNS record", s))
+        client
+            .register_dns_record(self.request(msg))
+            .await
+            .map(|_| ())
+            .map_err(|s| self.failed("the DNS record", s))
     }
 
     async fn remove(&self, service: &str, hostname: &str) -> Result<(), String> {
@@ -134,6 +138,10 @@ impl DnsRegistrar for Master {
             hostname: hostname.to_string(),
             address: String::new(),
         };
-        client.remove_dns_record(self.request(msg)).await.map(|_| ()).map_err(|s| self.failed("the DNS removal", s))
+        client
+            .remove_dns_record(self.request(msg))
+            .await
+            .map(|_| ())
+            .map_err(|s| self.failed("the DNS removal", s))
     }
 }

@@ -13,7 +13,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::spec::ContainerSpec;
 
 /// Schema migrations; index i brings version i to i + 1.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE services (
     name        TEXT PRIMARY KEY,
     definition  TEXT NOT NULL,
@@ -55,7 +56,8 @@ CREATE TABLE events (
     message    TEXT NOT NULL
 );
 CREATE INDEX events_by_service ON events (service, component, time);
-"#, r#"
+"#,
+    r#"
 CREATE TABLE edge_routes (
     hostname          TEXT NOT NULL,
     port              INTEGER NOT NULL,
@@ -66,7 +68,8 @@ CREATE TABLE edge_routes (
     created_at        INTEGER NOT NULL,
     PRIMARY KEY (hostname, port)
 );
-"#];
+"#,
+];
 
 /// Desired state of a component (SPEC §14).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -369,7 +372,8 @@ impl Registry {
 
     /// Forgets an edge route.
     pub fn delete_edge(&self, hostname: &str) -> Result<()> {
-        self.conn().execute("DELETE FROM edge_routes WHERE hostname = ?1", [hostname])?;
+        self.conn()
+            .execute("DELETE FROM edge_routes WHERE hostname = ?1", [hostname])?;
         Ok(())
     }
 

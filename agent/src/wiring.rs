@@ -21,14 +21,22 @@ pub fn internal_name(service: &str, zone: &str) -> String {
 
 /// Whether the service needs a TLS certificate: any L7 route.
 pub fn needs_cert(def: &ServiceDef) -> bool {
-    def.components.iter().flat_map(|c| &c.routes).any(|r| r.mode() == RouteMode::L7)
+    def.components
+        .iter()
+        .flat_map(|c| &c.routes)
+        .any(|r| r.mode() == RouteMode::L7)
 }
 
 /// Names the service's certificate carries: its internal name and the
 /// hostname of every L7 route, sorted and unique.
 pub fn cert_hostnames(def: &ServiceDef, zone: &str) -> Vec<String> {
     let mut names = vec![internal_name(&def.name, zone)];
-    for r in def.components.iter().flat_map(|c| &c.routes).filter(|r| r.mode() == RouteMode::L7) {
+    for r in def
+        .components
+        .iter()
+        .flat_map(|c| &c.routes)
+        .filter(|r| r.mode() == RouteMode::L7)
+    {
         names.push(r.hostname_or_default(&def.name, zone));
     }
     names.sort();
@@ -145,7 +153,10 @@ impl Agent {
             .collect();
         let routes = routes_for(rec, &self.cfg);
         let n = routes.len();
-        proxy.set_routes(&rec.def.name, routes).await.map_err(|e| e.to_string())?;
+        proxy
+            .set_routes(&rec.def.name, routes)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok((format!("{n} routes on the {} proxy", self.proxy_kind()), before))
     }
 
@@ -166,7 +177,11 @@ impl Agent {
     /// Removes the routes of a service from the proxy.
     pub async fn remove_routes(&self, service: &str) -> Result<String, String> {
         match &self.proxy {
-            Some(p) => p.remove_routes(service).await.map(|_| "routes removed".into()).map_err(|e| e.to_string()),
+            Some(p) => p
+                .remove_routes(service)
+                .await
+                .map(|_| "routes removed".into())
+                .map_err(|e| e.to_string()),
             None => Ok("no proxy is configured on this node".into()),
         }
     }
@@ -182,7 +197,10 @@ impl Agent {
         };
         let name = internal_name(service, &self.cfg.network.zone);
         let Some(addr) = self.node_ipv4() else {
-            return Err(format!("agent.address {:?} is not an IPv4 address for {name}", self.cfg.agent.address));
+            return Err(format!(
+                "agent.address {:?} is not an IPv4 address for {name}",
+                self.cfg.agent.address
+            ));
         };
         dns.register(service, &name, addr).await?;
         Ok(format!("{name} A {addr}"))
@@ -204,7 +222,11 @@ impl Agent {
         let existed = cert.exists();
         let _ = std::fs::remove_file(&cert);
         let _ = std::fs::remove_file(&key);
-        if existed { format!("removed {}", cert.display()) } else { "no certificate".into() }
+        if existed {
+            format!("removed {}", cert.display())
+        } else {
+            "no certificate".into()
+        }
     }
 
     /// Name of the proxy in use.
@@ -251,7 +273,10 @@ impl Agent {
             }
         };
         for rec in services {
-            let running = rec.components.iter().any(|c| c.desired == crate::registry::Desired::Running);
+            let running = rec
+                .components
+                .iter()
+                .any(|c| c.desired == crate::registry::Desired::Running);
             if !running || rec.routes.is_empty() {
                 continue;
             }
@@ -269,7 +294,10 @@ impl Agent {
     /// the service's internal name over TLS.
     pub async fn setup_edge_route(&self, r: proto::SetupEdgeRouteRequest) -> Result<proto::EdgeRouteResponse, OpError> {
         let Some(edge) = &self.cfg.edge else {
-            return Err(OpError::Conflict(format!("node {} is not an edge node ([edge] is not configured)", self.name())));
+            return Err(OpError::Conflict(format!(
+                "node {} is not an edge node ([edge] is not configured)",
+                self.name()
+            )));
         };
         check_hostname(&r.hostname).map_err(|e| OpError::Invalid(format!("hostname: {e}")))?;
         if !domain_allowed(&r.hostname, &edge.allowed_domains) {
@@ -287,15 +315,23 @@ impl Agent {
             )));
         }
         if !r.backend_tls {
-            return Err(OpError::Invalid("an edge route needs TLS to its backend (backend_tls)".into()));
+            return Err(OpError::Invalid(
+                "an edge route needs TLS to its backend (backend_tls)".into(),
+            ));
         }
-        let port = u16::try_from(r.port).ok().filter(|p| *p > 0).ok_or_else(|| OpError::Invalid("port 0".into()))?;
+        let port = u16::try_from(r.port)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| OpError::Invalid("port 0".into()))?;
         let backend_port = u16::try_from(r.backend_port)
             .ok()
             .filter(|p| *p > 0)
             .ok_or_else(|| OpError::Invalid("backend_port 0".into()))?;
         let Some(proxy) = &self.proxy else {
-            return Err(OpError::Conflict(format!("edge node {} has no proxy configured", self.name())));
+            return Err(OpError::Conflict(format!(
+                "edge node {} has no proxy configured",
+                self.name()
+            )));
         };
         let owner = edge_owner(&r.hostname);
         self.ensure_cert_for(&r.service, &owner, std::slice::from_ref(&r.hostname))
@@ -317,10 +353,11 @@ impl Agent {
             cert: Some(cert.clone()),
             key: Some(key),
         };
-        proxy.set_routes(&owner, vec![route]).await.map_err(|e| OpError::Invalid(e.to_string()))?;
-        self.registry
-            .save_edge(&r)
-            .map_err(OpError::Registry)?;
+        proxy
+            .set_routes(&owner, vec![route])
+            .await
+            .map_err(|e| OpError::Invalid(e.to_string()))?;
+        self.registry.save_edge(&r).map_err(OpError::Registry)?;
         let pem = std::fs::read_to_string(&cert).unwrap_or_default();
         let (serial, expires) = mcp_common::pki::serial_and_expiry(&pem).unwrap_or_default();
         tracing::info!(hostname = %r.hostname, backend = %r.backend_hostname, "edge route set up");
@@ -334,7 +371,10 @@ impl Agent {
     pub async fn remove_edge_route(&self, r: proto::RemoveEdgeRouteRequest) -> Result<(), OpError> {
         let owner = edge_owner(&r.hostname);
         if let Some(proxy) = &self.proxy {
-            proxy.remove_routes(&owner).await.map_err(|e| OpError::Invalid(e.to_string()))?;
+            proxy
+                .remove_routes(&owner)
+                .await
+                .map_err(|e| OpError::Invalid(e.to_string()))?;
         }
         self.registry.delete_edge(&r.hostname).map_err(OpError::Registry)?;
         self.remove_cert(&owner);

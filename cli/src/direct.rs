@@ -286,7 +286,10 @@ async fn node_list(ctx: &Ctx) -> Result<u8> {
 }
 
 async fn route_list(ctx: &Ctx) -> Result<u8> {
-    let results = fan_out(ctx, |mut c| async move { c.list_proxy_routes(proto::ListProxyRoutesRequest {}).await }).await;
+    let results = fan_out(ctx, |mut c| async move {
+        c.list_proxy_routes(proto::ListProxyRoutesRequest {}).await
+    })
+    .await;
     let nodes: Vec<proto::NodeRoutes> = results
         .into_iter()
         .map(|(n, r)| match r {
@@ -303,5 +306,9 @@ async fn route_list(ctx: &Ctx) -> Result<u8> {
         })
         .collect();
     ctx.out.routes(&nodes);
-    Ok(if nodes.iter().any(|n| !n.error.is_empty()) { 1 } else { 0 })
+    Ok(if nodes.iter().any(|n| !n.error.is_empty()) {
+        1
+    } else {
+        0
+    })
 }

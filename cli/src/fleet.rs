@@ -68,7 +68,11 @@ async fn route_list(ctx: &Ctx) -> Result<u8> {
         .map_err(|s| ctx.rpc_error("master", s))?
         .into_inner();
     ctx.out.routes(&r.nodes);
-    Ok(if r.nodes.iter().any(|n| !n.error.is_empty()) { 1 } else { 0 })
+    Ok(if r.nodes.iter().any(|n| !n.error.is_empty()) {
+        1
+    } else {
+        0
+    })
 }
 
 async fn edge_list(ctx: &Ctx, status: bool) -> Result<u8> {
@@ -79,7 +83,11 @@ async fn edge_list(ctx: &Ctx, status: bool) -> Result<u8> {
         .map_err(|s| ctx.rpc_error("master", s))?
         .into_inner();
     ctx.out.edges(&r.routes, status);
-    Ok(if status && r.routes.iter().any(|e| e.state != "ok") { 1 } else { 0 })
+    Ok(if status && r.routes.iter().any(|e| e.state != "ok") {
+        1
+    } else {
+        0
+    })
 }
 
 async fn deploy(ctx: &Ctx, target: &str) -> Result<u8> {

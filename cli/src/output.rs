@@ -313,11 +313,22 @@ impl Out {
             print_json(&json!({"zone": r.zone, "listen": r.listen, "records": rows}));
             return;
         }
-        let served = if r.listen.is_empty() { "not served".to_string() } else { format!("served on {}", r.listen.join(", ")) };
+        let served = if r.listen.is_empty() {
+            "not served".to_string()
+        } else {
+            format!("served on {}", r.listen.join(", "))
+        };
         println!("zone {} ({served})", r.zone);
         let mut t = table(&["NAME", "TYPE", "VALUE", "TTL", "NODE", "SERVICE"]);
         for d in &r.records {
-            t.add_row(vec![d.name.clone(), d.r#type.clone(), d.value.clone(), d.ttl.to_string(), d.node.clone(), d.service.clone()]);
+            t.add_row(vec![
+                d.name.clone(),
+                d.r#type.clone(),
+                d.value.clone(),
+                d.ttl.to_string(),
+                d.node.clone(),
+                d.service.clone(),
+            ]);
         }
         print_table(&t);
     }
@@ -349,11 +360,28 @@ impl Out {
                 println!("{}: no routes", n.node);
             }
             for port in ports {
-                let bind = n.routes.iter().find(|r| r.listener_port == port).map(|r| r.listener.clone()).unwrap_or_default();
-                println!("{} listener :{port}{}", n.node, if bind.is_empty() { String::new() } else { format!(" ({bind})") });
+                let bind = n
+                    .routes
+                    .iter()
+                    .find(|r| r.listener_port == port)
+                    .map(|r| r.listener.clone())
+                    .unwrap_or_default();
+                println!(
+                    "{} listener :{port}{}",
+                    n.node,
+                    if bind.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({bind})")
+                    }
+                );
                 let mut t = table(&["HOSTNAME", "MODE", "BACKEND", "SERVICE"]);
                 for r in n.routes.iter().filter(|r| r.listener_port == port) {
-                    let backend = if r.backend_tls { format!("{} (tls)", r.backend) } else { r.backend.clone() };
+                    let backend = if r.backend_tls {
+                        format!("{} (tls)", r.backend)
+                    } else {
+                        r.backend.clone()
+                    };
                     t.add_row(vec![r.hostname.clone(), r.mode.clone(), backend, r.service.clone()]);
                 }
                 for line in t.to_string().lines() {
@@ -389,7 +417,11 @@ impl Out {
                 e.edge_node.clone(),
                 format!("{}:{}", e.backend_hostname, e.backend_port),
                 e.cert_serial.clone(),
-                if e.cert_expires_at > 0 { duration((e.cert_expires_at - now()).max(0) as u64) } else { "-".into() },
+                if e.cert_expires_at > 0 {
+                    duration((e.cert_expires_at - now()).max(0) as u64)
+                } else {
+                    "-".into()
+                },
             ];
             if status {
                 row.push(e.state.clone());

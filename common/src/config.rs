@@ -83,6 +83,9 @@ pub struct AgentConfig {
     /// Edge nodes: which public domains they may serve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edge: Option<EdgeSection>,
+    /// MCNS, when `network.dns = "mcns"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcns: Option<McnsConfig>,
 }
 
 /// `[network]`: certificates and DNS names of services.
@@ -125,6 +128,38 @@ impl Default for NetworkSection {
             ca: None,
             dns: None,
             renew_days: default_renew_days(),
+        }
+    }
+}
+
+/// `[mcns]`: the Metacircular name service, when `network.dns = "mcns"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McnsConfig {
+    /// Base URL of the MCNS REST API, e.g. `https://mcns.example:8443`; `http` only to loopback.
+    pub url: String,
+    /// File holding the MCIAS bearer token of the agent (read on every call).
+    pub token_path: PathBuf,
+    /// PEM file of the CA that signs the MCNS certificate; required for `https`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// The zone records are published in.
+    #[serde(default = "default_zone")]
+    pub zone: String,
+    /// TTL of the records created.
+    #[serde(default = "default_dns_ttl")]
+    pub ttl: u32,
+}
+
+impl McnsConfig {
+    /// Configuration for `url` and `token_path` with every other field at its default.
+    pub fn new(url: &str, token_path: &Path) -> McnsConfig {
+        McnsConfig {
+            url: url.to_string(),
+            token_path: token_path.to_path_buf(),
+            ca: None,
+            zone: default_zone(),
+            ttl: default_dns_ttl(),
         }
     }
 }
@@ -364,22 +399,46 @@ impl AgentConfig {
             ));
         }
         crate::service::check_hostname(&self.network.zone).map_err(|r| ConfigError::new(path, "network.zone", r))?;
-        for (key, value) in [("network.ca", &self.network.ca), ("network.dns", &self.network.dns)] {
-            if let Some(v) = value
-                && v != "master"
-                && v != "none"
-            {
-                return Err(ConfigError::new(path, key, "expected \"master\" or \"none\""));
+        if let Some(v) = &self.network.ca
+            && v != "master"
+            && v != "none"
+        {
+            return Err(ConfigError::new(path, "network.ca", "expected \"master\" or \"none\""));
+        }
+        match self.network.dns.as_deref() {
+            None | Some("master") | Some("none") => {}
+            Some("mcns") if self.mcns.is_some() => {}
+            Some("mcns") => {
+                return Err(ConfigError::new(
+                    path,
+                    "network.dns",
+                    "\"mcns\" needs an [mcns] section",
+                ));
+            }
+            Some(_) => {
+                return Err(ConfigError::new(
+                    path,
+                    "network.dns",
+                    "expected \"master\", \"mcns\" or \"none\"",
+                ));
             }
         }
         if let Some(p) = &self.proxy {
             if p.backend != "builtin" && p.backend != "mc-proxy" {
-                return Err(ConfigError::new(path, "proxy.backend", "expected \"builtin\" or \"mc-proxy\""));
+                return Err(ConfigError::new(
+                    path,
+                    "proxy.backend",
+                    "expected \"builtin\" or \"mc-proxy\"",
+                ));
             }
             let mut ports = std::collections::BTreeSet::new();
             for (i, l) in p.listeners.iter().enumerate() {
                 if !ports.insert(l.port) {
-                    return Err(ConfigError::new(path, &format!("proxy.listeners[{i}].port"), "listed twice"));
+                    return Err(ConfigError::new(
+                        path,
+                        &format!("proxy.listeners[{i}].port"),
+                        "listed twice",
+                    ));
                 }
             }
         }
@@ -410,7 +469,10 @@ impl AgentConfig {
 
     /// Directory of service certificates.
     pub fn certs_dir(&self) -> PathBuf {
-        self.network.certs_dir.clone().unwrap_or_else(|| self.agent.data_dir.join("certs"))
+        self.network
+            .certs_dir
+            .clone()
+            .unwrap_or_else(|| self.agent.data_dir.join("certs"))
     }
 
     /// `host:port` the master should dial to reach this agent.
@@ -954,6 +1016,10 @@ mod tests {
             }),
             edge: Some(EdgeSection {
                 allowed_domains: vec!["example.net".into()],
+            }),
+            mcns: Some(McnsConfig {
+                ca: Some("/ca".into()),
+                ..McnsConfig::new("https://mcns:8443", Path::new("/token"))
             }),
         };
         let master = MasterConfig {

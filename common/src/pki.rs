@@ -221,7 +221,13 @@ impl Ca {
         self.sign(csr_pem, None, Some(hostnames), days)
     }
 
-    fn sign(&self, csr_pem: &str, identity: Option<&Identity>, hostnames: Option<&[String]>, days: i64) -> Result<String, PkiError> {
+    fn sign(
+        &self,
+        csr_pem: &str,
+        identity: Option<&Identity>,
+        hostnames: Option<&[String]>,
+        days: i64,
+    ) -> Result<String, PkiError> {
         let invalid = |reason: String| PkiError::Invalid {
             path: "certificate signing request".into(),
             reason,

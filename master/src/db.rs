@@ -379,7 +379,8 @@ impl FleetDb {
 
     /// Forgets an edge route.
     pub fn delete_edge_route(&self, hostname: &str) -> Result<()> {
-        self.conn().execute("DELETE FROM edge_routes WHERE hostname = ?1", [hostname])?;
+        self.conn()
+            .execute("DELETE FROM edge_routes WHERE hostname = ?1", [hostname])?;
         Ok(())
     }
 

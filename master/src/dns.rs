@@ -40,14 +40,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use hickory_server::proto::rr::rdata::{A, NS, SOA};
 use hickory_server::proto::rr::{Name, RData, Record};
-use serde::{Deserialize, Serialize};
 
 pub use hickory_server::proto::op::ResponseCode;
 pub use hickory_server::proto::rr::RecordType;
 pub use server::{MAX_UDP_PAYLOAD, serve};
 
 /// Default internal zone (SPEC §4 step 5).
-pub const DEFAULT_ZONE: &str = "svc.mcp.metacircular.net";
+pub use mcp_common::service::DEFAULT_ZONE;
 
 /// Longest name in presentation form without the trailing dot (RFC 1035 §2.3.4).
 const MAX_NAME_LEN: usize = 253;
@@ -65,57 +64,26 @@ const SOA_REFRESH: i32 = 3600;
 const SOA_RETRY: i32 = 600;
 const SOA_EXPIRE: i32 = 14 * 24 * 3600;
 
-/// `[dns]` section of the master configuration: the internal zone and where
-/// it is served.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DnsConfig {
-    /// UDP+TCP addresses to serve on, e.g. `127.0.0.1:5353`; empty: not served.
-    /// Specific addresses, never an implied `0.0.0.0:53`.
-    #[serde(default)]
-    pub listen: Vec<SocketAddr>,
-    /// The zone, e.g. `svc.mcp.metacircular.net` (no trailing dot needed).
-    #[serde(default = "default_zone")]
-    pub zone: String,
-    /// TTL of every record, and the negative-caching TTL (SOA minimum).
-    #[serde(default = "default_ttl")]
-    pub ttl: u32,
-    /// NS names of the zone; empty: `ns1.<zone>`.
-    #[serde(default)]
-    pub ns: Vec<String>,
-    /// Addresses of the NS names that lie inside the zone (glue).
-    #[serde(default)]
-    pub ns_addresses: Vec<Ipv4Addr>,
-    /// SOA RNAME, as a name (`hostmaster.example.net`) or a mail address
-    /// (`hostmaster@example.net`); empty: `hostmaster.<zone>`.
-    #[serde(default)]
-    pub admin: String,
-}
+/// `[dns]` section of the master configuration (defined with the other
+/// configuration in `mcp_common::config`).
+pub use mcp_common::config::DnsSection as DnsConfig;
 
-fn default_zone() -> String {
-    DEFAULT_ZONE.to_string()
-}
-
-fn default_ttl() -> u32 {
-    60
-}
-
-impl Default for DnsConfig {
-    fn default() -> DnsConfig {
-        DnsConfig {
-            listen: Vec::new(),
-            zone: default_zone(),
-            ttl: default_ttl(),
-            ns: Vec::new(),
-            ns_addresses: Vec::new(),
-            admin: String::new(),
-        }
-    }
-}
-
-impl DnsConfig {
+/// What the server needs to know about the zone settings.
+pub trait ZoneSettings {
     /// Checks the settings, reporting every problem at once.
-    pub fn check(&self) -> Result<(), DnsError> {
+    fn check(&self) -> Result<(), DnsError>;
+    /// The zone apex: lower case, without the trailing dot.
+    fn apex(&self) -> String;
+    /// Whether `name` is the apex or lies below it (case-insensitive).
+    fn contains(&self, name: &str) -> bool;
+    /// The NS names, defaulted.
+    fn ns_names(&self) -> Vec<String>;
+    /// The SOA RNAME as a name, defaulted.
+    fn admin_name(&self) -> String;
+}
+
+impl ZoneSettings for DnsConfig {
+    fn check(&self) -> Result<(), DnsError> {
         let mut errors = Vec::new();
         if let Err(e) = check_name(&self.zone) {
             errors.push(format!("zone: {e}"));
@@ -149,17 +117,17 @@ impl DnsConfig {
     }
 
     /// The zone apex: lower case, without the trailing dot.
-    pub fn apex(&self) -> String {
+    fn apex(&self) -> String {
         normalize(&self.zone)
     }
 
     /// Whether `name` is the apex or lies below it (case-insensitive).
-    pub fn contains(&self, name: &str) -> bool {
+    fn contains(&self, name: &str) -> bool {
         in_zone(&normalize(name), &self.apex())
     }
 
     /// The NS names, defaulted.
-    pub fn ns_names(&self) -> Vec<String> {
+    fn ns_names(&self) -> Vec<String> {
         if self.ns.is_empty() {
             vec![format!("ns1.{}", self.apex())]
         } else {
@@ -168,7 +136,7 @@ impl DnsConfig {
     }
 
     /// The SOA RNAME as a name, defaulted.
-    pub fn admin_name(&self) -> String {
+    fn admin_name(&self) -> String {
         if self.admin.is_empty() {
             format!("hostmaster.{}", self.apex())
         } else {

@@ -114,7 +114,9 @@ impl Master {
                 by_name.entry(r.name).or_default().push(ip);
             }
         }
-        records.replace_all(by_name).map_err(|e| FleetError::Internal(e.to_string()))?;
+        records
+            .replace_all(by_name)
+            .map_err(|e| FleetError::Internal(e.to_string()))?;
         let zone = cfg.dns.zone.clone();
         let dns_ttl = cfg.dns.ttl;
         Ok(Master {
@@ -916,7 +918,10 @@ impl Master {
     /// Signs a service certificate for `node` after checking every name.
     pub fn issue_service_certificate(&self, node: &str, req: &proto::IssueServiceCertificateRequest) -> Result<String> {
         if req.name != node {
-            return Err(FleetError::Denied(format!("agent-{node} may not ask for node {:?}", req.name)));
+            return Err(FleetError::Denied(format!(
+                "agent-{node} may not ask for node {:?}",
+                req.name
+            )));
         }
         if req.hostnames.is_empty() {
             return Err(FleetError::Invalid("a certificate needs at least one hostname".into()));
@@ -949,11 +954,17 @@ impl Master {
     /// Publishes `<service>.<zone>` → the node's address.
     pub fn register_dns(&self, node: &str, req: &proto::DnsRecordRequest) -> Result<()> {
         if req.name != node {
-            return Err(FleetError::Denied(format!("agent-{node} may not act for node {:?}", req.name)));
+            return Err(FleetError::Denied(format!(
+                "agent-{node} may not act for node {:?}",
+                req.name
+            )));
         }
         let expected = format!("{}.{}", req.service, self.zone);
         if req.hostname != expected {
-            return Err(FleetError::Invalid(format!("record {:?}: expected {expected}", req.hostname)));
+            return Err(FleetError::Invalid(format!(
+                "record {:?}: expected {expected}",
+                req.hostname
+            )));
         }
         match self.db.placement(&req.service)? {
             Some(p) if p.node == node => {}
@@ -971,9 +982,12 @@ impl Master {
         if let Some(own) = self.node_ipv4(node)
             && own != addr
         {
-            return Err(FleetError::Denied(format!("{addr} is not node {node}'s address ({own})")));
+            return Err(FleetError::Denied(format!(
+                "{addr} is not node {node}'s address ({own})"
+            )));
         }
-        self.db.set_dns_record(&expected, &addr.to_string(), self.dns_ttl, node, &req.service)?;
+        self.db
+            .set_dns_record(&expected, &addr.to_string(), self.dns_ttl, node, &req.service)?;
         self.records
             .set(&expected, vec![addr])
             .map_err(|e| FleetError::Invalid(e.to_string()))?;
@@ -984,7 +998,10 @@ impl Master {
     /// Withdraws `<service>.<zone>` (only the node that holds it may).
     pub fn remove_dns(&self, node: &str, req: &proto::DnsRecordRequest) -> Result<()> {
         if req.name != node {
-            return Err(FleetError::Denied(format!("agent-{node} may not act for node {:?}", req.name)));
+            return Err(FleetError::Denied(format!(
+                "agent-{node} may not act for node {:?}",
+                req.name
+            )));
         }
         let name = format!("{}.{}", req.service, self.zone);
         let rows = self.db.dns_records()?;
@@ -1020,7 +1037,9 @@ impl Master {
         let timeout = self.cfg.timeouts.health_check;
         let calls = nodes.iter().map(|n| async move {
             let r = self
-                .call(n, timeout, |mut c| async move { c.list_proxy_routes(proto::ListProxyRoutesRequest {}).await })
+                .call(n, timeout, |mut c| async move {
+                    c.list_proxy_routes(proto::ListProxyRoutesRequest {}).await
+                })
                 .await;
             (n.clone(), r)
         });
@@ -1049,7 +1068,9 @@ impl Master {
         let timeout = self.cfg.timeouts.health_check;
         let calls = edges.iter().map(|n| async move {
             let r = self
-                .call(n, timeout, |mut c| async move { c.list_proxy_routes(proto::ListProxyRoutesRequest {}).await })
+                .call(n, timeout, |mut c| async move {
+                    c.list_proxy_routes(proto::ListProxyRoutesRequest {}).await
+                })
                 .await;
             (n.clone(), r)
         });
@@ -1099,7 +1120,10 @@ impl Master {
         }
         let mut done = Vec::new();
         let mut problems = Vec::new();
-        for stale in existing.iter().filter(|e| !public.iter().any(|(h, _)| h == &e.hostname)) {
+        for stale in existing
+            .iter()
+            .filter(|e| !public.iter().any(|(h, _)| h == &e.hostname))
+        {
             match self.remove_edge(stale).await {
                 Ok(()) => done.push(format!("removed {}", stale.hostname)),
                 Err(e) => problems.push(format!("{}: {e}", stale.hostname)),
@@ -1146,11 +1170,17 @@ impl Master {
             .find(|r| r.service == def.name && r.listener_port == u32::from(port) && !r.listener.is_empty())
             .map(|r| r.listener.clone())
             .ok_or_else(|| {
-                FleetError::Precondition(format!("node {node} serves no proxy listener for port {port} of {}", def.name))
+                FleetError::Precondition(format!(
+                    "node {node} serves no proxy listener for port {port} of {}",
+                    def.name
+                ))
             })?;
         let backend_address = match listener.rsplit_once(':') {
             Some((host, p)) if host == "0.0.0.0" || host == "[::]" => {
-                let ip = self.node_ipv4(node).map(|i| i.to_string()).unwrap_or_else(|| "127.0.0.1".into());
+                let ip = self
+                    .node_ipv4(node)
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|| "127.0.0.1".into());
                 format!("{ip}:{p}")
             }
             _ => listener,
@@ -1176,7 +1206,9 @@ impl Master {
         };
         self.db.save_edge_route(&row)?;
         match self
-            .call(&edge, self.cfg.timeouts.edge_route, |mut c| async move { c.setup_edge_route(req).await })
+            .call(&edge, self.cfg.timeouts.edge_route, |mut c| async move {
+                c.setup_edge_route(req).await
+            })
             .await
         {
             Ok(resp) => {
@@ -1199,8 +1231,10 @@ impl Master {
             hostname: e.hostname.clone(),
             port: e.backend_port.into(),
         };
-        self.call(&e.edge_node, self.cfg.timeouts.edge_route, |mut c| async move { c.remove_edge_route(req).await })
-            .await?;
+        self.call(&e.edge_node, self.cfg.timeouts.edge_route, |mut c| async move {
+            c.remove_edge_route(req).await
+        })
+        .await?;
         self.db.delete_edge_route(&e.hostname)?;
         Ok(())
     }
@@ -1208,7 +1242,13 @@ impl Master {
     /// Removes every edge route of `service` (after its worker side is gone).
     pub async fn remove_edges_of(&self, service: &str) -> Vec<String> {
         let mut problems = Vec::new();
-        for e in self.db.edge_routes().unwrap_or_default().into_iter().filter(|e| e.service == service) {
+        for e in self
+            .db
+            .edge_routes()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.service == service)
+        {
             if let Err(err) = self.remove_edge(&e).await {
                 problems.push(format!("edge route {} on {}: {err}", e.hostname, e.edge_node));
             }

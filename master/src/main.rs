@@ -206,14 +206,7 @@ async fn serve(cfg: MasterConfig) -> Result<()> {
         None
     } else {
         let d = &cfg.dns;
-        let dns_cfg = mcp_master::dns::DnsConfig {
-            listen: d.listen.clone(),
-            zone: d.zone.clone(),
-            ttl: d.ttl,
-            ns: d.ns.clone(),
-            ns_addresses: d.ns_addresses.clone(),
-            admin: d.admin.clone(),
-        };
+        let dns_cfg = d.clone();
         let mut stop = stop_rx.clone();
         let handle = mcp_master::dns::serve(dns_cfg, master.records.clone(), async move {
             let _ = stop.changed().await;

@@ -198,7 +198,10 @@ impl McpMasterService for MasterService {
         }))
     }
 
-    async fn list_routes(&self, _req: Request<proto::ListProxyRoutesRequest>) -> Result<Response<proto::FleetRoutes>, Status> {
+    async fn list_routes(
+        &self,
+        _req: Request<proto::ListProxyRoutesRequest>,
+    ) -> Result<Response<proto::FleetRoutes>, Status> {
         done(self.master.routes().await)
     }
 
@@ -266,7 +269,10 @@ impl McpRegistrationService for RegistrationService {
         req: Request<proto::IssueServiceCertificateRequest>,
     ) -> Result<Response<proto::IssueCertificateResponse>, Status> {
         let node = agent_node(&req)?;
-        let cert_chain_pem = self.master.issue_service_certificate(&node, req.get_ref()).map_err(Status::from)?;
+        let cert_chain_pem = self
+            .master
+            .issue_service_certificate(&node, req.get_ref())
+            .map_err(Status::from)?;
         Ok(Response::new(proto::IssueCertificateResponse { cert_chain_pem }))
     }
 

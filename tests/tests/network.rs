@@ -36,14 +36,27 @@ fn with_proxy(agent: &TestAgent, map: &[(u16, u16)]) {
 
 fn dig(port: u16, name: &str) -> String {
     let out = Command::new("dig")
-        .args([&format!("@127.0.0.1"), "-p", &port.to_string(), "+norecurse", "+time=2", "+tries=1", name, "A"])
+        .args([
+            &format!("@127.0.0.1"),
+            "-p",
+            &port.to_string(),
+            "+norecurse",
+            "+time=2",
+            "+tries=1",
+            name,
+            "A",
+        ])
         .output()
         .expect("dig (bind9-dnsutils) is installed");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn curl(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new("curl").args(["-sS", "--max-time", "10"]).args(args).output().unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -57,7 +70,10 @@ fn certificates_dns_proxy_and_edge() {
     let mut master = TestMaster::init("w1");
     master.configure(|c| {
         let mut dns = toml::Table::new();
-        dns.insert("listen".into(), vec![toml::Value::from(format!("127.0.0.1:{dns_port}"))].into());
+        dns.insert(
+            "listen".into(),
+            vec![toml::Value::from(format!("127.0.0.1:{dns_port}"))].into(),
+        );
         c.insert("dns".into(), dns.into());
     });
     master.run();
@@ -74,7 +90,9 @@ fn certificates_dns_proxy_and_edge() {
     });
     edge.run();
     for n in ["w1", "e1"] {
-        wait_for(&format!("{n} healthy"), WAIT, || master.node_status(n).is_some_and(|s| s["status"] == "healthy"));
+        wait_for(&format!("{n} healthy"), WAIT, || {
+            master.node_status(n).is_some_and(|s| s["status"] == "healthy")
+        });
     }
     let ca = master.dir.join("operator/ca.pem");
     let ca = ca.to_str().unwrap();
@@ -109,16 +127,42 @@ hostname = "raw.example.net"
     let r = master.mcp(&["--json", "deploy", "site"]);
     r.expect_code(0, "deploy site");
     let steps = r.json()["steps"].clone();
-    let step = |name: &str| steps.as_array().unwrap().iter().find(|s| s["step"] == name).unwrap().clone();
-    assert!(step("certificates")["detail"].as_str().unwrap().starts_with("issued"), "{steps}");
+    let step = |name: &str| {
+        steps
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert!(
+        step("certificates")["detail"].as_str().unwrap().starts_with("issued"),
+        "{steps}"
+    );
     assert_eq!(step("routes")["success"], true, "{steps}");
-    assert!(step("dns")["detail"].as_str().unwrap().contains("site.svc.mcp.metacircular.net A 127.0.0.1"), "{steps}");
+    assert!(
+        step("dns")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("site.svc.mcp.metacircular.net A 127.0.0.1"),
+        "{steps}"
+    );
 
     // L7 over HTTP/1.1 and h2 through the proxy, chain verified by the CA.
     let resolve = format!("site.example.net:{https}:127.0.0.1");
     let url = format!("https://site.example.net:{https}/version.txt");
     for proto in ["--http1.1", "--http2"] {
-        let (code, body, err) = curl(&[proto, "--cacert", ca, "--resolve", &resolve, &url, "-w", " %{http_version}"]);
+        let (code, body, err) = curl(&[
+            proto,
+            "--cacert",
+            ca,
+            "--resolve",
+            &resolve,
+            &url,
+            "-w",
+            " %{http_version}",
+        ]);
         assert_eq!(code, 0, "{proto}: {err}");
         assert!(body.starts_with("v1"), "{proto}: {body}");
         let want = if proto == "--http2" { " 2" } else { " 1.1" };
@@ -130,7 +174,13 @@ hostname = "raw.example.net"
     assert_eq!(names, ["site.example.net", "site.svc.mcp.metacircular.net"]);
     // openssl sees the full chain (leaf + CA) and verifies it.
     let out = Command::new("openssl")
-        .args(["s_client", "-connect", &format!("127.0.0.1:{https}"), "-servername", "site.example.net"])
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{https}"),
+            "-servername",
+            "site.example.net",
+        ])
         .args(["-CAfile", ca, "-showcerts", "-verify_return_error"])
         .stdin(std::process::Stdio::null())
         .output()
@@ -139,19 +189,36 @@ hostname = "raw.example.net"
     assert_eq!(text.matches("BEGIN CERTIFICATE").count(), 2, "{text}");
     assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
     // Unknown name on the L7 listener: no route → connection closed.
-    let (code, _, _) = curl(&["--cacert", ca, "--resolve", &format!("nope.example.net:{https}:127.0.0.1"), &format!("https://nope.example.net:{https}/")]);
+    let (code, _, _) = curl(&[
+        "--cacert",
+        ca,
+        "--resolve",
+        &format!("nope.example.net:{https}:127.0.0.1"),
+        &format!("https://nope.example.net:{https}/"),
+    ]);
     assert_ne!(code, 0);
 
     // L4: the client's TLS bytes reach the container untouched (here a
     // plain listener records them), with the SNI the proxy routed on.
     let _ = Command::new("timeout")
-        .args(["3", "openssl", "s_client", "-connect", &format!("127.0.0.1:{raw}"), "-servername", "raw.example.net"])
+        .args([
+            "3",
+            "openssl",
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{raw}"),
+            "-servername",
+            "raw.example.net",
+        ])
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
     assert_eq!(worker.inspect("site-raw", "{{.State.Status}}").unwrap(), "running");
     wait_for("the ClientHello at the backend", WAIT, || {
-        worker.podman(&["exec", "site-raw", "cat", "/www/last.bin"]).stdout.contains("raw.example.net")
+        worker
+            .podman(&["exec", "site-raw", "cat", "/www/last.bin"])
+            .stdout
+            .contains("raw.example.net")
     });
 
     // DNS: the record is served after deploy, NXDOMAIN after stop, back on start.
@@ -171,11 +238,19 @@ hostname = "raw.example.net"
     // `mcp route list` groups by listener.
     let routes = master.mcp(&["route", "list"]);
     routes.expect_code(0, "route list");
-    assert!(routes.stdout.contains("w1 listener :443") && routes.stdout.contains("site.example.net"), "{}", routes.stdout);
+    assert!(
+        routes.stdout.contains("w1 listener :443") && routes.stdout.contains("site.example.net"),
+        "{}",
+        routes.stdout
+    );
 
     // Certificates: reused with more than 30 days left; renewed below.
     let pem_path = worker.dir.join("data/certs/site.pem");
-    let serial = |p: &std::path::Path| mcp_common::pki::serial_and_expiry(&std::fs::read_to_string(p).unwrap()).unwrap().0;
+    let serial = |p: &std::path::Path| {
+        mcp_common::pki::serial_and_expiry(&std::fs::read_to_string(p).unwrap())
+            .unwrap()
+            .0
+    };
     let first = serial(&pem_path);
     master.mcp(&["restart", "site"]).expect_code(0, "restart");
     assert_eq!(serial(&pem_path), first, "reused with 90 days left");
@@ -201,10 +276,19 @@ hostname = "raw.example.net"
     );
     let r = worker.mcp(&["deploy", "other"]);
     r.expect_code(1, "deploy with the CA down");
-    assert!(r.stderr.contains("certificates") && r.stderr.contains("nothing was changed"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("certificates") && r.stderr.contains("nothing was changed"),
+        "{}",
+        r.stderr
+    );
     assert!(worker.inspect("other-app", "{{.Id}}").is_none(), "no container");
     let routes = worker.mcp(&["--json", "route", "list"]).json();
-    let hosts: Vec<&str> = routes["nodes"][0]["routes"].as_array().unwrap().iter().map(|r| r["hostname"].as_str().unwrap()).collect();
+    let hosts: Vec<&str> = routes["nodes"][0]["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["hostname"].as_str().unwrap())
+        .collect();
     assert!(!hosts.contains(&"other.example.net"), "{hosts:?}");
     master.run();
 
@@ -220,11 +304,24 @@ hostname = "raw.example.net"
     let r = master.mcp(&["--json", "deploy", "shop"]);
     r.expect_code(0, "deploy shop with a public route");
     let edge_url = format!("https://shop.example.net:{edge_https}/version.txt");
-    let (code, body, err) = curl(&["--cacert", ca, "--resolve", &format!("shop.example.net:{edge_https}:127.0.0.1"), &edge_url]);
+    let (code, body, err) = curl(&[
+        "--cacert",
+        ca,
+        "--resolve",
+        &format!("shop.example.net:{edge_https}:127.0.0.1"),
+        &edge_url,
+    ]);
     assert_eq!((code, body.trim()), (0, "v1"), "through the edge: {err}");
     let edges = master.mcp(&["--json", "edge", "status"]).json();
     let row = &edges["edge_routes"][0];
-    assert_eq!((row["hostname"].as_str(), row["edge_node"].as_str(), row["state"].as_str()), (Some("shop.example.net"), Some("e1"), Some("ok")));
+    assert_eq!(
+        (
+            row["hostname"].as_str(),
+            row["edge_node"].as_str(),
+            row["state"].as_str()
+        ),
+        (Some("shop.example.net"), Some("e1"), Some("ok"))
+    );
     assert!(!row["cert_serial"].as_str().unwrap().is_empty());
 
     // Refusals: a domain the edge may not serve, with a clear error.
@@ -237,13 +334,29 @@ hostname = "raw.example.net"
     );
     let r = master.mcp(&["deploy", "evil"]);
     r.expect_code(1, "deploy with a disallowed public domain");
-    assert!(r.stderr.contains("edge") && r.stderr.contains("not under an allowed domain"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("edge") && r.stderr.contains("not under an allowed domain"),
+        "{}",
+        r.stderr
+    );
 
     // Undeploy removes the worker side first, then the edge.
     master.mcp(&["undeploy", "shop"]).expect_code(0, "undeploy shop");
     let edges = master.mcp(&["--json", "edge", "list"]).json();
-    assert!(edges["edge_routes"].as_array().unwrap().iter().all(|e| e["hostname"] != "shop.example.net"));
-    let (code, _, _) = curl(&["--cacert", ca, "--resolve", &format!("shop.example.net:{edge_https}:127.0.0.1"), &edge_url]);
+    assert!(
+        edges["edge_routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["hostname"] != "shop.example.net")
+    );
+    let (code, _, _) = curl(&[
+        "--cacert",
+        ca,
+        "--resolve",
+        &format!("shop.example.net:{edge_https}:127.0.0.1"),
+        &edge_url,
+    ]);
     assert_ne!(code, 0, "edge no longer serves shop");
     drop(edge);
     drop(worker);

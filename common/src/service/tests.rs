@@ -290,7 +290,10 @@ fn route_rules() {
             "[[components.routes]]\nport = 443\nbackend_tls = true\n",
             &[("components[api].routes[0].backend_tls", "only l7")],
         ),
-        ("[[components.routes]]\nport = 443\nmode = \"l7\"\nbackend_tls = true\n", &[]),
+        (
+            "[[components.routes]]\nport = 443\nmode = \"l7\"\nbackend_tls = true\n",
+            &[],
+        ),
         (
             "[[components.routes]]\nname = \"a\"\nport = 443\n[[components.routes]]\nname = \"a\"\nport = 444\n",
             &[("components[api].routes[a].name", "duplicate route")],

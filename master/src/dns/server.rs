@@ -14,7 +14,7 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 
-use super::{Answer, DnsConfig, DnsError, Records, answer};
+use super::{Answer, DnsConfig, DnsError, Records, ZoneSettings, answer};
 
 /// Largest UDP answer sent even if the client's EDNS allows more: the size
 /// that avoids IP fragmentation on common paths (DNS flag day 2020).

@@ -511,7 +511,7 @@ fn fleet(rt: &tokio::runtime::Runtime, n: usize, a: &Args) -> FleetResult {
     let hwm_kib = status_kib(&pid, "VmHWM:");
 
     let mut timed: Vec<(u64, f64)> = samples.iter().filter_map(|s| s.as_ref().ok().copied()).collect();
-    timed.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    timed.sort_unstable_by_key(|t| std::cmp::Reverse(t.0));
     let mut lat: Vec<u64> = timed.iter().map(|t| t.0).collect();
     lat.sort_unstable();
     let mut errs: BTreeMap<&str, usize> = BTreeMap::new();
