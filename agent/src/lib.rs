@@ -1,8 +1,10 @@
 //! mcp-agent: runs a node's services as rootless podman containers and
 //! records them in its SQLite registry.
 
+pub mod http_client;
 pub mod link;
 pub mod mcns;
+pub mod metacrypt;
 pub mod node;
 pub mod ops;
 pub mod plan;

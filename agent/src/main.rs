@@ -226,6 +226,7 @@ fn init(config: &Path, a: InitArgs) -> Result<()> {
             proxy: None,
             edge: None,
             mcns: None,
+            metacrypt: None,
         };
         let text = toml::to_string_pretty(&cfg)?;
         mcp_common::fsutil::write_atomic(config, text.as_bytes(), 0o600)?;
@@ -298,6 +299,7 @@ fn join(config: &Path, a: JoinArgs) -> Result<()> {
         proxy: None,
         edge: None,
         mcns: None,
+        metacrypt: None,
     };
     mcp_common::fsutil::write_atomic(config, toml::to_string_pretty(&cfg)?.as_bytes(), 0o600)?;
     println!("joined the fleet as agent-{}; wrote {}", token.node, config.display());
@@ -337,13 +339,28 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
     let platform = platform(&cfg)?;
     let agent = Arc::new(Agent::new(cfg.clone(), registry, podman, version, platform));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let link = tokio::spawn(mcp_agent::link::run(agent.clone(), cert_store, stop_rx));
+    let link = tokio::spawn(mcp_agent::link::run(agent.clone(), cert_store, stop_rx.clone()));
     if let Err(e) = agent.repair_interrupted().await {
         tracing::warn!(error = %e, "could not check for interrupted deploys");
     }
     // The built-in proxy starts empty, and records may have gone while we
-    // were down: put back what the registry says runs.
-    agent.reapply_all().await;
+    // were down: put back what the registry says runs (in the background:
+    // DNS goes to the master, which may be slow or down), then renew
+    // certificates hourly.
+    let renewals = {
+        let agent = agent.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            agent.reapply_all().await;
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => agent.renew_certs().await,
+                    _ = stop.changed() => break,
+                }
+            }
+        })
+    };
     tracing::info!(
         node = %cfg.agent.name,
         listen = %cfg.agent.listen,
@@ -359,6 +376,7 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
         .await?;
     let _ = stop_tx.send(true);
     let _ = link.await;
+    let _ = renewals.await;
     tracing::info!("mcp-agent stopped; containers keep running");
     Ok(())
 }
@@ -373,6 +391,8 @@ fn platform(cfg: &AgentConfig) -> Result<mcp_agent::ops::Platform> {
             .clone()
             .context("network.ca = \"master\" needs a [master] section")?;
         p.ca = Some(m);
+    } else if let (Some("metacrypt"), Some(m)) = (cfg.network.ca.as_deref(), &cfg.metacrypt) {
+        p.ca = Some(Arc::new(mcp_agent::metacrypt::Metacrypt::new(m)?));
     }
     if cfg.dns_with_master() {
         let m = master

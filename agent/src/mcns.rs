@@ -43,35 +43,21 @@
 //! (marked sensitive), and never logged or put in an error.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT};
-use hyper::http::HeaderValue;
-use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
-use mcp_common::tls::{error_chain, parse_certs};
-use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, RootCertStore};
+use hyper::Method;
 use serde_json::Value;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
+
+use crate::http_client::{self, HttpClient, HttpError, encode};
 
 /// Default zone of service records (SPEC §4 step 5).
 pub use mcp_common::service::DEFAULT_ZONE;
 
 /// Bound on one HTTP exchange with MCNS.
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Largest answer read from MCNS.
-const MAX_ANSWER_LEN: usize = 4 * 1024 * 1024;
-
-/// Longest token accepted from the token file.
-const MAX_TOKEN_LEN: usize = 16 * 1024;
 
 pub use mcp_common::config::McnsConfig;
 
@@ -110,8 +96,7 @@ struct McnsRecord {
 
 /// Client of the MCNS record API for one zone.
 pub struct Mcns {
-    target: Target,
-    tls: Option<TlsConnector>,
+    http: HttpClient,
     token_path: PathBuf,
     /// Lower case, no trailing dot.
     zone: String,
@@ -121,7 +106,7 @@ pub struct Mcns {
 impl fmt::Debug for Mcns {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Mcns")
-            .field("url", &self.target.url)
+            .field("url", &self.http.url())
             .field("zone", &self.zone)
             .field("ttl", &self.ttl)
             .finish_non_exhaustive()
@@ -133,22 +118,7 @@ impl Mcns {
     /// The token file is read on each call, not here.
     pub fn new(cfg: &McnsConfig) -> Result<Mcns, McnsError> {
         let mut errors = Vec::new();
-        let target = Target::parse(&cfg.url).map_err(|e| errors.push(e)).ok();
-        let tls = match (&target, &cfg.ca) {
-            (Some(t), Some(ca)) if t.https => tls_connector(ca).map_err(|e| errors.push(e)).ok(),
-            (Some(t), None) if t.https => {
-                errors.push(format!(
-                    "ca: required for {}: there are no system roots to trust",
-                    t.url
-                ));
-                None
-            }
-            (Some(t), Some(_)) => {
-                errors.push(format!("ca: set, but {} is plain http", t.url));
-                None
-            }
-            _ => None,
-        };
+        let http = HttpClient::new(&cfg.url, cfg.ca.as_deref(), TIMEOUT, &mut errors);
         let zone = cfg.zone.strip_suffix('.').unwrap_or(&cfg.zone).to_ascii_lowercase();
         if let Err(e) = check_dns_name(&zone) {
             errors.push(format!("zone: {e}"));
@@ -156,13 +126,10 @@ impl Mcns {
         if cfg.ttl == 0 {
             errors.push("ttl: must be at least 1 second".into());
         }
-        if cfg.token_path.as_os_str().is_empty() {
-            errors.push("token_path: must be set".into());
-        }
-        match target {
-            Some(target) if errors.is_empty() => Ok(Mcns {
-                target,
-                tls,
+        http_client::check_token_path(&cfg.token_path, &mut errors);
+        match http {
+            Some(http) if errors.is_empty() => Ok(Mcns {
+                http,
                 token_path: cfg.token_path.clone(),
                 zone,
                 ttl: cfg.ttl,
@@ -264,7 +231,7 @@ impl Mcns {
     }
 
     fn records_path(&self) -> String {
-        format!("{}/v1/zones/{}/records", self.target.base_path, encode(&self.zone))
+        format!("{}/v1/zones/{}/records", self.http.base_path(), encode(&self.zone))
     }
 
     /// `name` relative to the zone (`@` for the apex); absolute names
@@ -296,132 +263,26 @@ impl Mcns {
         }
     }
 
-    fn token(&self) -> Result<String, McnsError> {
-        let shown = self.token_path.display();
-        let raw = std::fs::read_to_string(&self.token_path).map_err(|e| McnsError::Token(format!("{shown}: {e}")))?;
-        let token = raw.trim();
-        if token.is_empty() {
-            return Err(McnsError::Token(format!("{shown} is empty")));
-        }
-        if token.len() > MAX_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(McnsError::Token(format!("{shown} does not hold a bearer token")));
-        }
-        Ok(token.to_string())
-    }
-
-    /// One request on a fresh connection, bounded by [`TIMEOUT`]; the body
-    /// of a 2xx answer, or the error its status stands for.
+    /// One request with the token read afresh; the body of a 2xx answer.
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Bytes, McnsError> {
-        let request = self.request(method.clone(), path, body)?;
-        let exchange = async {
-            let tcp = TcpStream::connect((self.target.host.as_str(), self.target.port))
-                .await
-                .map_err(|e| format!("cannot connect: {e}"))?;
-            // Best effort: only latency depends on it.
-            let _ = tcp.set_nodelay(true);
-            match &self.tls {
-                Some(connector) => {
-                    let tls = connector
-                        .connect(self.target.server_name.clone(), tcp)
-                        .await
-                        .map_err(|e| format!("tls: {}", error_chain(&e)))?;
-                    send(TokioIo::new(tls), request).await
-                }
-                None => send(TokioIo::new(tcp), request).await,
-            }
-        };
-        let what = format!("{method} {}{path}", self.target.origin);
-        let (status, body) = match tokio::time::timeout(TIMEOUT, exchange).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(reason)) => return Err(McnsError::Unavailable(format!("{what}: {reason}"))),
-            Err(_) => {
-                return Err(McnsError::Unavailable(format!(
-                    "{what}: no answer within {}s",
-                    TIMEOUT.as_secs()
-                )));
-            }
-        };
-        if status.is_success() {
-            return Ok(body);
+        let token = http_client::read_token(&self.token_path).map_err(McnsError::Token)?;
+        self.http
+            .call(method, path, Some(&token), body)
+            .await
+            .map_err(McnsError::from)
+    }
+}
+
+impl From<HttpError> for McnsError {
+    fn from(e: HttpError) -> Self {
+        match e {
+            HttpError::Token(r) => McnsError::Token(r),
+            HttpError::Invalid(r) => McnsError::Invalid(r),
+            HttpError::Unauthorized(r) => McnsError::Unauthorized(r),
+            HttpError::Rejected(r) => McnsError::Rejected(r),
+            HttpError::Unavailable(r) => McnsError::Unavailable(r),
         }
-        let reason = format!(
-            "{status}{}",
-            server_message(&body).map(|m| format!(": {m}")).unwrap_or_default()
-        );
-        Err(match status {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => McnsError::Unauthorized(format!("{reason} ({what})")),
-            s if s.is_client_error() => McnsError::Rejected(format!("{reason} ({what})")),
-            _ => McnsError::Unavailable(format!("{reason} ({what})")),
-        })
     }
-
-    fn request(&self, method: Method, path: &str, body: Option<Value>) -> Result<Request<Full<Bytes>>, McnsError> {
-        let mut bearer = HeaderValue::from_str(&format!("Bearer {}", self.token()?))
-            .map_err(|_| McnsError::Token("the token has characters not allowed in a header".into()))?;
-        bearer.set_sensitive(true);
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(HOST, self.target.authority.as_str())
-            .header(AUTHORIZATION, bearer)
-            .header(ACCEPT, "application/json")
-            .header(USER_AGENT, concat!("mcp-agent/", env!("CARGO_PKG_VERSION")));
-        let payload = match body {
-            Some(json) => {
-                builder = builder.header(CONTENT_TYPE, "application/json");
-                Bytes::from(json.to_string())
-            }
-            None => Bytes::new(),
-        };
-        builder
-            .body(Full::new(payload))
-            .map_err(|e| McnsError::Invalid(format!("cannot build the request for {path}: {e}")))
-    }
-}
-
-/// Stops a spawned task when dropped, so a timed-out exchange leaves nothing behind.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Sends one HTTP/1.1 request on a fresh connection and reads the answer.
-async fn send<IO>(io: IO, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), String>
-where
-    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| format!("http: {}", error_chain(&e)))?;
-    let _driver = AbortOnDrop(tokio::spawn(async move {
-        let _ = connection.await;
-    }));
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("http: {}", error_chain(&e)))?;
-    let status = response.status();
-    let body = Limited::new(response.into_body(), MAX_ANSWER_LEN)
-        .collect()
-        .await
-        .map_err(|e| format!("reading the answer: {}", error_chain(&*e)))?
-        .to_bytes();
-    Ok((status, body))
-}
-
-/// The `error` (or `message`) of a JSON error body, else short plain text.
-fn server_message(body: &[u8]) -> Option<String> {
-    let text = match serde_json::from_slice::<Value>(body) {
-        Ok(v) => ["error", "message"]
-            .iter()
-            .find_map(|k| v.get(k).and_then(Value::as_str).map(str::to_string))?,
-        Err(_) => String::from_utf8_lossy(body).trim().to_string(),
-    };
-    let text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
-    (!text.is_empty()).then_some(text)
 }
 
 /// Reads a record list: `{"records": [...]}` or a bare array, field names
@@ -503,105 +364,6 @@ fn check_dns_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Percent-encodes everything but unreserved characters (RFC 3986).
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// Where MCNS is, parsed from the configured URL.
-#[derive(Debug, Clone)]
-struct Target {
-    url: String,
-    https: bool,
-    /// Host to connect to (IPv6 without brackets).
-    host: String,
-    port: u16,
-    /// `Host` header value.
-    authority: String,
-    /// `scheme://authority`, for error messages.
-    origin: String,
-    /// Path prefix of the API, without a trailing `/`.
-    base_path: String,
-    server_name: ServerName<'static>,
-}
-
-impl Target {
-    fn parse(url: &str) -> Result<Target, String> {
-        let uri: Uri = url.parse().map_err(|e| format!("url: {url:?} is not a URL: {e}"))?;
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => {
-                return Err(format!(
-                    "url: {url:?} must start with https:// (or http:// to loopback)"
-                ));
-            }
-        };
-        let authority = uri.authority().ok_or_else(|| format!("url: {url:?} has no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(format!("url: {url:?} must not carry credentials"));
-        }
-        if uri.query().is_some() {
-            return Err(format!("url: {url:?} must not have a query"));
-        }
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        if host.is_empty() {
-            return Err(format!("url: {url:?} has no host"));
-        }
-        let ip = host.parse::<IpAddr>().ok();
-        let loopback = host.eq_ignore_ascii_case("localhost") || ip.is_some_and(|ip| ip.is_loopback());
-        if !https && !loopback {
-            return Err(format!(
-                "url: {url:?} is plain http to a host that is not loopback: use https"
-            ));
-        }
-        let server_name = match ip {
-            Some(ip) => ServerName::IpAddress(ip.into()),
-            None => ServerName::try_from(host.clone()).map_err(|e| format!("url: {url:?}: {e}"))?,
-        };
-        Ok(Target {
-            url: url.to_string(),
-            https,
-            port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
-            origin: format!("{}://{}", if https { "https" } else { "http" }, authority.as_str()),
-            authority: authority.as_str().to_string(),
-            base_path: uri.path().trim_end_matches('/').to_string(),
-            host,
-            server_name,
-        })
-    }
-}
-
-/// TLS 1.2/1.3 client trusting only the CA in `ca` (ring provider, no client certificate).
-fn tls_connector(ca: &Path) -> Result<TlsConnector, String> {
-    let shown = ca.display();
-    let pem = std::fs::read(ca).map_err(|e| format!("ca: {shown}: {e}"))?;
-    let mut roots = RootCertStore::empty();
-    for cert in parse_certs(&pem).map_err(|e| format!("ca: {shown}: {e}"))? {
-        roots.add(cert).map_err(|e| format!("ca: {shown}: {e}"))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("tls: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsConnector::from(Arc::new(config)))
-}
-
 #[cfg(test)]
 mod tests {
     //! Against a small hyper server on 127.0.0.1 that speaks the contract in
@@ -609,12 +371,17 @@ mod tests {
 
     use std::collections::BTreeMap;
     use std::convert::Infallible;
-    use std::net::SocketAddr;
-    use std::sync::Mutex;
+    use std::net::{IpAddr, SocketAddr};
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
 
-    use hyper::Response;
+    use http_body_util::{BodyExt, Full};
     use hyper::body::Incoming;
+    use hyper::header::AUTHORIZATION;
+    use hyper::{Response, StatusCode};
+    use hyper_util::rt::TokioIo;
     use mcp_common::pki::{Ca, LeafRequest};
+    use mcp_common::tls::parse_certs;
     use rustls::ServerConfig;
     use rustls::pki_types::PrivateKeyDer;
     use rustls::pki_types::pem::PemObject;
@@ -1213,7 +980,6 @@ mod tests {
         assert_eq!(parse_records(br#"{"records":null}"#, ZONE), Ok(vec![]));
         assert!(parse_records(br#"{"records":[{"Name":"web"}]}"#, ZONE).is_err());
         assert!(parse_records(b"\"records\"", ZONE).is_err());
-        assert_eq!(encode("a b/c@d"), "a%20b%2Fc%40d");
     }
 }
 

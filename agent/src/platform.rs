@@ -21,7 +21,7 @@ pub struct ServiceCert {
 /// Issues TLS certificates for services.
 #[tonic::async_trait]
 pub trait CertAuthority: Send + Sync {
-    /// A certificate for `hostnames` of `service` (key made here).
+    /// A certificate for exactly `hostnames` of `service`, with its key.
     async fn issue(&self, service: &str, hostnames: &[String]) -> Result<ServiceCert, String>;
 }
 

@@ -290,6 +290,31 @@ impl Agent {
         self.reapply_edges().await;
     }
 
+    /// Renews service and edge certificates that have fewer than
+    /// `network.renew_days` left (the proxy picks up the new files).
+    pub async fn renew_certs(&self) {
+        let services = self.registry.services().unwrap_or_default();
+        for rec in services {
+            let running = rec.components.iter().any(|c| c.desired == crate::registry::Desired::Running);
+            if !running || !needs_cert(&rec.def) {
+                continue;
+            }
+            match self.ensure_cert(&rec.def).await {
+                Ok(d) if d.starts_with("issued") => tracing::info!(service = %rec.def.name, detail = %d, "certificate renewed"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(service = %rec.def.name, error = %e, "certificate renewal failed; will retry"),
+            }
+        }
+        for r in self.registry.edges().unwrap_or_default() {
+            let owner = edge_owner(&r.hostname);
+            match self.ensure_cert_for(&r.service, &owner, std::slice::from_ref(&r.hostname)).await {
+                Ok(d) if d.starts_with("issued") => tracing::info!(hostname = %r.hostname, "edge certificate renewed"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(hostname = %r.hostname, error = %e, "edge certificate renewal failed"),
+            }
+        }
+    }
+
     /// Edge nodes: serve `hostname` with a public certificate, proxying to
     /// the service's internal name over TLS.
     pub async fn setup_edge_route(&self, r: proto::SetupEdgeRouteRequest) -> Result<proto::EdgeRouteResponse, OpError> {

@@ -86,6 +86,9 @@ pub struct AgentConfig {
     /// MCNS, when `network.dns = "mcns"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcns: Option<McnsConfig>,
+    /// Metacrypt, when `network.ca = "metacrypt"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metacrypt: Option<MetacryptConfig>,
 }
 
 /// `[network]`: certificates and DNS names of services.
@@ -99,8 +102,9 @@ pub struct NetworkSection {
     /// `<agent.data_dir>/certs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certs_dir: Option<PathBuf>,
-    /// Certificate authority: `master` (the fleet CA over gRPC) or `none`;
-    /// default `master` when `[master]` is set.
+    /// Certificate authority: `master` (the fleet CA over gRPC),
+    /// `metacrypt` (needs `[metacrypt]`) or `none`; default `master` when
+    /// `[master]` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<String>,
     /// DNS registration: `master` (the master's zone) or `none`; default
@@ -160,6 +164,59 @@ impl McnsConfig {
             ca: None,
             zone: default_zone(),
             ttl: default_dns_ttl(),
+        }
+    }
+}
+
+/// `[metacrypt]`: the Metacircular CA, when `network.ca = "metacrypt"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetacryptConfig {
+    /// Base URL of the Metacrypt API, e.g. `https://metacrypt.example:8443`; `http` only to loopback.
+    pub url: String,
+    /// File holding the MCIAS bearer token of the agent (read on every call).
+    pub token_path: PathBuf,
+    /// PEM file of the CA that signs the Metacrypt certificate; required for `https`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// Mount of the CA engine.
+    #[serde(default = "default_metacrypt_mount")]
+    pub mount: String,
+    /// Issuer (intermediate CA) that signs service certificates.
+    #[serde(default = "default_metacrypt_issuer")]
+    pub issuer: String,
+    /// Certificate profile: `server` or `peer` (server and client).
+    #[serde(default = "default_metacrypt_profile")]
+    pub profile: String,
+    /// Lifetime asked for, in days.
+    #[serde(default = "default_metacrypt_ttl_days")]
+    pub ttl_days: u32,
+}
+
+fn default_metacrypt_mount() -> String {
+    "pki".into()
+}
+fn default_metacrypt_issuer() -> String {
+    "services".into()
+}
+fn default_metacrypt_profile() -> String {
+    "server".into()
+}
+fn default_metacrypt_ttl_days() -> u32 {
+    90
+}
+
+impl MetacryptConfig {
+    /// Configuration for `url` and `token_path` with every other field at its default.
+    pub fn new(url: &str, token_path: &Path) -> MetacryptConfig {
+        MetacryptConfig {
+            url: url.to_string(),
+            token_path: token_path.to_path_buf(),
+            ca: None,
+            mount: default_metacrypt_mount(),
+            issuer: default_metacrypt_issuer(),
+            profile: default_metacrypt_profile(),
+            ttl_days: default_metacrypt_ttl_days(),
         }
     }
 }
@@ -399,11 +456,33 @@ impl AgentConfig {
             ));
         }
         crate::service::check_hostname(&self.network.zone).map_err(|r| ConfigError::new(path, "network.zone", r))?;
-        if let Some(v) = &self.network.ca
-            && v != "master"
-            && v != "none"
-        {
-            return Err(ConfigError::new(path, "network.ca", "expected \"master\" or \"none\""));
+        match (self.network.ca.as_deref(), &self.metacrypt) {
+            (None | Some("master") | Some("none"), _) => {}
+            (Some("metacrypt"), Some(m)) if i64::from(m.ttl_days) <= self.network.renew_days => {
+                return Err(ConfigError::new(
+                    path,
+                    "metacrypt.ttl_days",
+                    format!(
+                        "{} days is not more than network.renew_days ({}): every certificate would be renewed at once",
+                        m.ttl_days, self.network.renew_days
+                    ),
+                ));
+            }
+            (Some("metacrypt"), Some(_)) => {}
+            (Some("metacrypt"), None) => {
+                return Err(ConfigError::new(
+                    path,
+                    "network.ca",
+                    "\"metacrypt\" needs a [metacrypt] section",
+                ));
+            }
+            (Some(_), _) => {
+                return Err(ConfigError::new(
+                    path,
+                    "network.ca",
+                    "expected \"master\", \"metacrypt\" or \"none\"",
+                ));
+            }
         }
         match self.network.dns.as_deref() {
             None | Some("master") | Some("none") => {}
@@ -931,13 +1010,32 @@ mod tests {
             (format!("{base}[podman]\nsockit = \"/x\"\n"), "podman.sockit"),
             (base.replace("rift", "Rift"), "agent.name"),
             (format!("{base}[log]\nformat = \"xml\"\n"), "log.format"),
+            (format!("{base}[network]\nca = \"vault\"\n"), "network.ca"),
+            (format!("{base}[network]\nca = \"metacrypt\"\n"), "network.ca"),
+            (
+                format!("{base}[network]\nca = \"metacrypt\"\n{METACRYPT}ttl_days = 30\n"),
+                "metacrypt.ttl_days",
+            ),
+            (
+                format!("{base}{METACRYPT}issuer_name = \"x\"\n"),
+                "metacrypt.issuer_name",
+            ),
         ];
         for (text, field) in cases {
             let (_d, p) = write(&text);
             let e = AgentConfig::load(&p).unwrap_err();
             assert!(e.field.starts_with(field), "{text}: {e}");
         }
+        let (_d, p) = write(&format!("{base}[network]\nca = \"metacrypt\"\n{METACRYPT}"));
+        let cfg = AgentConfig::load(&p).unwrap();
+        assert!(!cfg.ca_from_master());
+        assert_eq!(
+            cfg.metacrypt,
+            Some(MetacryptConfig::new("https://metacrypt:8443", Path::new("/t")))
+        );
     }
+
+    const METACRYPT: &str = "[metacrypt]\nurl = \"https://metacrypt:8443\"\ntoken_path = \"/t\"\n";
 
     #[test]
     fn cli_config_addresses() {
@@ -1020,6 +1118,10 @@ mod tests {
             mcns: Some(McnsConfig {
                 ca: Some("/ca".into()),
                 ..McnsConfig::new("https://mcns:8443", Path::new("/token"))
+            }),
+            metacrypt: Some(MetacryptConfig {
+                ca: Some("/ca".into()),
+                ..MetacryptConfig::new("https://metacrypt:8443", Path::new("/token"))
             }),
         };
         let master = MasterConfig {

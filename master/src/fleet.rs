@@ -475,11 +475,21 @@ impl Master {
     /// cached connection so the next call redials.
     async fn call<T, F, Fut>(&self, node: &str, timeout: u64, f: F) -> Result<T>
     where
-        F: FnOnce(AgentClient) -> Fut,
+        F: Fn(AgentClient) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
+        let cached = self.clients.lock().await.contains_key(node);
         let client = self.agent(node).await?;
-        match tokio::time::timeout(Self::secs(timeout), f(client)).await {
+        let mut result = tokio::time::timeout(Self::secs(timeout), f(client)).await;
+        // A cached connection to an agent that restarted fails once with
+        // Unavailable before anything reached the agent: dial again and
+        // retry once (agent operations converge, so a retry is safe).
+        if cached && matches!(&result, Ok(Err(s)) if s.code() == Code::Unavailable) {
+            self.forget_client(node).await;
+            let client = self.agent(node).await?;
+            result = tokio::time::timeout(Self::secs(timeout), f(client)).await;
+        }
+        match result {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(status)) => {
                 if matches!(status.code(), Code::Unavailable | Code::Unknown) {
@@ -587,10 +597,13 @@ impl Master {
             request_id: request_id.clone(),
         };
         let result = self
-            .call(&node, self.cfg.timeouts.deploy, |mut c| async move {
-                let mut r = tonic::Request::new(req);
-                r.set_timeout(Self::secs(self.cfg.timeouts.deploy));
-                c.deploy(r).await
+            .call(&node, self.cfg.timeouts.deploy, |mut c| {
+                let req = req.clone();
+                async move {
+                    let mut r = tonic::Request::new(req);
+                    r.set_timeout(Self::secs(self.cfg.timeouts.deploy));
+                    c.deploy(r).await
+                }
             })
             .await;
         match result {
@@ -660,11 +673,14 @@ impl Master {
         let p = self.placement_of(&req.name)?;
         let name = req.name.clone();
         let resp = self
-            .call(&p.node, self.cfg.timeouts.deploy, |mut c| async move {
-                match op {
-                    "stop" => c.stop_service(req).await,
-                    "start" => c.start_service(req).await,
-                    _ => c.restart_service(req).await,
+            .call(&p.node, self.cfg.timeouts.deploy, |mut c| {
+                let req = req.clone();
+                async move {
+                    match op {
+                        "stop" => c.stop_service(req).await,
+                        "start" => c.start_service(req).await,
+                        _ => c.restart_service(req).await,
+                    }
                 }
             })
             .await?;
@@ -683,8 +699,9 @@ impl Master {
         let p = self.placement_of(&req.name)?;
         let name = req.name.clone();
         let result = self
-            .call(&p.node, self.cfg.timeouts.undeploy, |mut c| async move {
-                c.undeploy_service(req).await
+            .call(&p.node, self.cfg.timeouts.undeploy, |mut c| {
+                let req = req.clone();
+                async move { c.undeploy_service(req).await }
             })
             .await;
         let resp = match result {
@@ -734,8 +751,9 @@ impl Master {
             ..Default::default()
         };
         match self
-            .call(&p.node, self.cfg.timeouts.health_check, |mut c| async move {
-                c.get_service_status(req).await
+            .call(&p.node, self.cfg.timeouts.health_check, |mut c| {
+                let req = req.clone();
+                async move { c.get_service_status(req).await }
             })
             .await
         {
@@ -1206,8 +1224,9 @@ impl Master {
         };
         self.db.save_edge_route(&row)?;
         match self
-            .call(&edge, self.cfg.timeouts.edge_route, |mut c| async move {
-                c.setup_edge_route(req).await
+            .call(&edge, self.cfg.timeouts.edge_route, |mut c| {
+                let req = req.clone();
+                async move { c.setup_edge_route(req).await }
             })
             .await
         {
@@ -1231,8 +1250,9 @@ impl Master {
             hostname: e.hostname.clone(),
             port: e.backend_port.into(),
         };
-        self.call(&e.edge_node, self.cfg.timeouts.edge_route, |mut c| async move {
-            c.remove_edge_route(req).await
+        self.call(&e.edge_node, self.cfg.timeouts.edge_route, |mut c| {
+            let req = req.clone();
+            async move { c.remove_edge_route(req).await }
         })
         .await?;
         self.db.delete_edge_route(&e.hostname)?;

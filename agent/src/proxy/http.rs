@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_TYPE, HOST, HeaderName, UPGRADE};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -73,15 +74,13 @@ pub(crate) async fn handle(conn: Arc<L7Conn>, mut req: Request<Incoming>) -> Res
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     forward_headers(&mut parts.headers, &authority, conn.peer, upgrade);
-    let target = parts
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    parts.uri = match target.parse() {
-        Ok(u) => u,
-        Err(_) => return Ok(local(StatusCode::BAD_REQUEST, "bad request target\n")),
-    };
+    parts.uri = Uri::from(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
     let upstream_req = Request::from_parts(parts, body);
     let mut resp = match conn
         .shared
