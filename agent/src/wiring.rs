@@ -69,6 +69,7 @@ pub fn routes_for(rec: &ServiceRecord, cfg: &AgentConfig) -> Vec<ProxyRoute> {
                 mode: if l7 { Mode::L7 } else { Mode::L4 },
                 backend: format!("{}:{}", cfg.agent.address, held.host_port),
                 backend_tls: r.backend_tls,
+                backend_name: None,
                 cert: l7.then(|| cert.clone()),
                 key: l7.then(|| key.clone()),
             };
@@ -295,19 +296,27 @@ impl Agent {
     pub async fn renew_certs(&self) {
         let services = self.registry.services().unwrap_or_default();
         for rec in services {
-            let running = rec.components.iter().any(|c| c.desired == crate::registry::Desired::Running);
+            let running = rec
+                .components
+                .iter()
+                .any(|c| c.desired == crate::registry::Desired::Running);
             if !running || !needs_cert(&rec.def) {
                 continue;
             }
             match self.ensure_cert(&rec.def).await {
-                Ok(d) if d.starts_with("issued") => tracing::info!(service = %rec.def.name, detail = %d, "certificate renewed"),
+                Ok(d) if d.starts_with("issued") => {
+                    tracing::info!(service = %rec.def.name, detail = %d, "certificate renewed")
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(service = %rec.def.name, error = %e, "certificate renewal failed; will retry"),
             }
         }
         for r in self.registry.edges().unwrap_or_default() {
             let owner = edge_owner(&r.hostname);
-            match self.ensure_cert_for(&r.service, &owner, std::slice::from_ref(&r.hostname)).await {
+            match self
+                .ensure_cert_for(&r.service, &owner, std::slice::from_ref(&r.hostname))
+                .await
+            {
                 Ok(d) if d.starts_with("issued") => tracing::info!(hostname = %r.hostname, "edge certificate renewed"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(hostname = %r.hostname, error = %e, "edge certificate renewal failed"),
@@ -375,6 +384,7 @@ impl Agent {
             mode: Mode::L7,
             backend,
             backend_tls: true,
+            backend_name: Some(r.backend_hostname.clone()),
             cert: Some(cert.clone()),
             key: Some(key),
         };

@@ -278,6 +278,7 @@ fn route(service: &str, host: &str, mode: Mode, backend: SocketAddr, cert: Optio
         mode,
         backend: backend.to_string(),
         backend_tls: false,
+        backend_name: None,
         cert: cert.map(|c| c.0.clone()),
         key: cert.map(|c| c.1.clone()),
     }
@@ -1255,6 +1256,7 @@ async fn mc_proxy_adapter_manages_routes_over_the_admin_socket() {
         mode: Mode::L7,
         backend: "127.0.0.1:10001".into(),
         backend_tls: false,
+        backend_name: None,
         cert: cert.clone(),
         key: key.clone(),
     };
@@ -1265,6 +1267,7 @@ async fn mc_proxy_adapter_manages_routes_over_the_admin_socket() {
         mode: Mode::L4,
         backend: "127.0.0.1:10002".into(),
         backend_tls: false,
+        backend_name: None,
         cert: None,
         key: None,
     };
@@ -1293,6 +1296,7 @@ async fn mc_proxy_adapter_manages_routes_over_the_admin_socket() {
         mode: Mode::L4,
         backend: "127.0.0.1:9000".into(),
         backend_tls: false,
+        backend_name: None,
         cert: None,
         key: None,
     };

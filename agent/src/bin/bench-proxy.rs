@@ -123,6 +123,7 @@ fn run(args: &Args, dir: &Path) -> Result<()> {
             mode,
             backend: backend.to_string(),
             backend_tls: false,
+            backend_name: None,
             cert: cert.map(|c| c.0.clone()),
             key: cert.map(|c| c.1.clone()),
         };

@@ -85,7 +85,12 @@ pub(crate) async fn handle(conn: Arc<L7Conn>, mut req: Request<Incoming>) -> Res
     let mut resp = match conn
         .shared
         .upstream
-        .send(&route.backend, route.backend_tls, upstream_req)
+        .send(
+            &route.backend,
+            route.backend_tls,
+            route.backend_name.as_deref(),
+            upstream_req,
+        )
         .await
     {
         Ok(r) => r,

@@ -213,6 +213,7 @@ pub fn from_pb(service: &str, listener_port: u16, r: pb::mc_proxy::Route) -> Pro
         mode: if r.mode == "l7" { Mode::L7 } else { Mode::L4 },
         backend: r.backend,
         backend_tls: r.backend_tls,
+        backend_name: None,
         cert: path(r.tls_cert),
         key: path(r.tls_key),
     }

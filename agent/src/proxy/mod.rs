@@ -84,6 +84,10 @@ pub struct ProxyRoute {
     /// L7 only: speak TLS to the backend, verified against the proxy's
     /// `backend_ca` with SNI = the backend host.
     pub backend_tls: bool,
+    /// TLS server name to verify the backend by (and send as SNI), when
+    /// `backend` is an address rather than the name (edges dial a worker's
+    /// proxy by IP and verify its `<service>.<zone>` certificate).
+    pub backend_name: Option<String>,
     /// L7: full chain PEM.
     pub cert: Option<PathBuf>,
     /// L7: key PEM (0600).

@@ -180,6 +180,7 @@ mod tests {
             mode,
             backend: "127.0.0.1:10001".into(),
             backend_tls: false,
+            backend_name: None,
             cert: (mode == Mode::L7).then(|| PathBuf::from("/c.pem")),
             key: (mode == Mode::L7).then(|| PathBuf::from("/c.key")),
         }

@@ -46,6 +46,8 @@ pub(crate) enum UpstreamError {
 struct Key {
     backend: String,
     tls: bool,
+    /// TLS server name when it is not the backend's host.
+    name: Option<String>,
 }
 
 #[derive(Default)]
@@ -89,11 +91,13 @@ impl Upstream {
         self: &Arc<Self>,
         backend: &str,
         tls: bool,
+        server_name: Option<&str>,
         mut req: Request<Incoming>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let key = Key {
             backend: backend.to_string(),
             tls,
+            name: server_name.map(str::to_string),
         };
         let mut fresh = false;
         loop {
@@ -182,7 +186,10 @@ impl Upstream {
             let connector = self.tls.as_ref().ok_or_else(|| UpstreamError::NoBackendCa {
                 backend: backend.to_string(),
             })?;
-            let host = split_host_port(backend).map(|(h, _)| h).unwrap_or(backend);
+            let host = match &key.name {
+                Some(n) => n.as_str(),
+                None => split_host_port(backend).map(|(h, _)| h).unwrap_or(backend),
+            };
             let name = ServerName::try_from(host.to_string()).map_err(|e| UpstreamError::Connect {
                 backend: backend.to_string(),
                 reason: e.to_string(),
