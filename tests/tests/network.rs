@@ -340,6 +340,53 @@ hostname = "raw.example.net"
         r.stderr
     );
 
+    // The edge itself refuses a backend outside the internal zone and a
+    // backend without TLS, whoever asks.
+    let as_master = master.issue("master");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut c = edge.client_with(&as_master).await.unwrap();
+        let base = mcp_common::proto::SetupEdgeRouteRequest {
+            hostname: "ok.example.net".into(),
+            backend_hostname: "shop.svc.mcp.metacircular.net".into(),
+            backend_port: 443,
+            backend_tls: true,
+            service: "shop".into(),
+            port: 443,
+            backend_address: "127.0.0.1:1".into(),
+        };
+        let cases = [
+            (
+                "backend outside the zone",
+                mcp_common::proto::SetupEdgeRouteRequest {
+                    backend_hostname: "shop.example.org".into(),
+                    ..base.clone()
+                },
+                "internal zone",
+            ),
+            (
+                "backend without TLS",
+                mcp_common::proto::SetupEdgeRouteRequest {
+                    backend_tls: false,
+                    ..base.clone()
+                },
+                "needs TLS",
+            ),
+            (
+                "look-alike domain",
+                mcp_common::proto::SetupEdgeRouteRequest {
+                    hostname: "evilexample.net".into(),
+                    ..base.clone()
+                },
+                "allowed domain",
+            ),
+        ];
+        for (what, req, fragment) in cases {
+            let e = c.setup_edge_route(req).await.expect_err(what);
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{what}: {e:?}");
+            assert!(e.message().contains(fragment), "{what}: {}", e.message());
+        }
+    });
+
     // Undeploy removes the worker side first, then the edge.
     master.mcp(&["undeploy", "shop"]).expect_code(0, "undeploy shop");
     let edges = master.mcp(&["--json", "edge", "list"]).json();
