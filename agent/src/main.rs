@@ -355,7 +355,7 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => agent.renew_certs().await,
+                    _ = tick.tick() => agent.upkeep().await,
                     _ = stop.changed() => break,
                 }
             }

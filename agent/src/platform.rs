@@ -12,6 +12,9 @@ use mcp_common::proto::{self, mcp_registration_service_client::McpRegistrationSe
 use mcp_common::tls;
 use tonic::transport::Channel;
 
+/// Start of an error that may go away on retry (the service was down).
+pub const UNAVAILABLE_PREFIX: &str = "unavailable: ";
+
 /// A freshly issued service certificate.
 pub struct ServiceCert {
     pub chain_pem: String,
@@ -65,7 +68,7 @@ impl Master {
         };
         let (ch, _) = tls::connect(&[address.clone()], config, timeouts)
             .await
-            .map_err(|e| format!("master {address}: {e}"))?;
+            .map_err(|e| format!("{UNAVAILABLE_PREFIX}master {address}: {e}"))?;
         *slot = Some(ch.clone());
         Ok(McpRegistrationServiceClient::new(ch))
     }
@@ -82,8 +85,19 @@ impl Master {
         r
     }
 
+    /// Error text for a failed call; [`UNAVAILABLE_PREFIX`] marks those
+    /// that may succeed later (master down or unreachable).
     fn failed(&self, what: &str, s: tonic::Status) -> String {
-        format!("master refused {what}: {} ({:?})", s.message(), s.code())
+        match s.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
+                format!(
+                    "{UNAVAILABLE_PREFIX}master could not take {what}: {} ({:?})",
+                    s.message(),
+                    s.code()
+                )
+            }
+            _ => format!("master refused {what}: {} ({:?})", s.message(), s.code()),
+        }
     }
 }
 
@@ -123,11 +137,11 @@ impl DnsRegistrar for Master {
             hostname: hostname.to_string(),
             address: address.to_string(),
         };
-        client
-            .register_dns_record(self.request(msg))
-            .await
-            .map(|_| ())
-            .map_err(|s| self.failed("the DNS record", s))
+        let r = client.register_dns_record(self.request(msg)).await;
+        if matches!(&r, Err(s) if s.code() == tonic::Code::Unavailable) {
+            self.forget().await;
+        }
+        r.map(|_| ()).map_err(|s| self.failed("the DNS record", s))
     }
 
     async fn remove(&self, service: &str, hostname: &str) -> Result<(), String> {
@@ -138,10 +152,10 @@ impl DnsRegistrar for Master {
             hostname: hostname.to_string(),
             address: String::new(),
         };
-        client
-            .remove_dns_record(self.request(msg))
-            .await
-            .map(|_| ())
-            .map_err(|s| self.failed("the DNS removal", s))
+        let r = client.remove_dns_record(self.request(msg)).await;
+        if matches!(&r, Err(s) if s.code() == tonic::Code::Unavailable) {
+            self.forget().await;
+        }
+        r.map(|_| ()).map_err(|s| self.failed("the DNS removal", s))
     }
 }

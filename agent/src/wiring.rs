@@ -203,8 +203,17 @@ impl Agent {
                 self.cfg.agent.address
             ));
         };
-        dns.register(service, &name, addr).await?;
-        Ok(format!("{name} A {addr}"))
+        match dns.register(service, &name, addr).await {
+            Ok(()) => Ok(format!("{name} A {addr}")),
+            // The DNS service is down (e.g. the master, while an operator
+            // deploys with --direct): the service runs anyway and the agent
+            // registers the record when it can (hourly, and on start).
+            Err(e) if e.starts_with(crate::platform::UNAVAILABLE_PREFIX) => {
+                tracing::warn!(%service, error = %e, "DNS registration deferred");
+                Ok(format!("deferred ({e}); the agent retries"))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Withdraws the service's record.
@@ -213,8 +222,16 @@ impl Agent {
             return Ok("no DNS service is configured on this node".into());
         };
         let name = internal_name(service, &self.cfg.network.zone);
-        dns.remove(service, &name).await?;
-        Ok(format!("{name} removed"))
+        match dns.remove(service, &name).await {
+            Ok(()) => Ok(format!("{name} removed")),
+            Err(e) if e.starts_with(crate::platform::UNAVAILABLE_PREFIX) => {
+                tracing::warn!(%service, error = %e, "DNS removal deferred");
+                Ok(format!(
+                    "deferred ({e}); the record stays until the DNS service is back"
+                ))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Deletes a service's certificate files.
@@ -289,6 +306,24 @@ impl Agent {
             }
         }
         self.reapply_edges().await;
+    }
+
+    /// Hourly upkeep: DNS records of running services registered again
+    /// (deferred ones, or lost ones), then certificate renewals.
+    pub async fn upkeep(&self) {
+        for rec in self.registry.services().unwrap_or_default() {
+            let running = rec
+                .components
+                .iter()
+                .any(|c| c.desired == crate::registry::Desired::Running);
+            if running
+                && !rec.routes.is_empty()
+                && let Err(e) = self.register_dns(&rec.def.name).await
+            {
+                tracing::warn!(service = %rec.def.name, error = %e, "DNS registration failed");
+            }
+        }
+        self.renew_certs().await;
     }
 
     /// Renews service and edge certificates that have fewer than

@@ -328,7 +328,8 @@ impl Master {
 
     /// Records a node's registration.
     pub fn register(&self, node: &str, req: &proto::RegisterRequest) -> Result<u32> {
-        if req.name != node {
+        // An empty name means the caller's own node.
+        if !req.name.is_empty() && req.name != node {
             return Err(FleetError::Denied(format!(
                 "agent-{node} may not register node {:?}",
                 req.name
@@ -913,7 +914,13 @@ impl Master {
     /// that node; public hostnames that node serves as an edge.
     fn allowed_hostnames(&self, node: &str, service: &str) -> Result<Vec<String>> {
         let mut allowed = Vec::new();
-        if let Some(p) = self.db.placement(service)?
+        let placement = self.db.placement(service)?;
+        // A service nobody placed (deployed with --direct): only its
+        // internal name, the route hostnames are unknown to the master.
+        if placement.is_none() {
+            allowed.push(format!("{service}.{}", self.zone));
+        }
+        if let Some(p) = placement
             && p.node == node
         {
             allowed.push(format!("{service}.{}", self.zone));
@@ -935,7 +942,8 @@ impl Master {
 
     /// Signs a service certificate for `node` after checking every name.
     pub fn issue_service_certificate(&self, node: &str, req: &proto::IssueServiceCertificateRequest) -> Result<String> {
-        if req.name != node {
+        // An empty name means the caller's own node.
+        if !req.name.is_empty() && req.name != node {
             return Err(FleetError::Denied(format!(
                 "agent-{node} may not ask for node {:?}",
                 req.name
@@ -971,7 +979,8 @@ impl Master {
 
     /// Publishes `<service>.<zone>` → the node's address.
     pub fn register_dns(&self, node: &str, req: &proto::DnsRecordRequest) -> Result<()> {
-        if req.name != node {
+        // An empty name means the caller's own node.
+        if !req.name.is_empty() && req.name != node {
             return Err(FleetError::Denied(format!(
                 "agent-{node} may not act for node {:?}",
                 req.name
@@ -984,13 +993,26 @@ impl Master {
                 req.hostname
             )));
         }
+        // The service must be placed on the caller's node, or placed
+        // nowhere (deployed with --direct, e.g. while the master was down)
+        // and its name not held by another node.
         match self.db.placement(&req.service)? {
-            Some(p) if p.node == node => {}
-            _ => {
+            Some(p) if p.node != node => {
                 return Err(FleetError::Denied(format!(
-                    "service {} is not placed on node {node}",
-                    req.service
+                    "service {} is placed on node {}, not {node}",
+                    req.service, p.node
                 )));
+            }
+            Some(_) => {}
+            None => {
+                if let Some(other) = self
+                    .db
+                    .dns_records()?
+                    .into_iter()
+                    .find(|r| r.name == expected && r.node != node)
+                {
+                    return Err(FleetError::Denied(format!("{expected} belongs to node {}", other.node)));
+                }
             }
         }
         let addr: std::net::Ipv4Addr = req
@@ -1015,7 +1037,8 @@ impl Master {
 
     /// Withdraws `<service>.<zone>` (only the node that holds it may).
     pub fn remove_dns(&self, node: &str, req: &proto::DnsRecordRequest) -> Result<()> {
-        if req.name != node {
+        // An empty name means the caller's own node.
+        if !req.name.is_empty() && req.name != node {
             return Err(FleetError::Denied(format!(
                 "agent-{node} may not act for node {:?}",
                 req.name
