@@ -10,7 +10,7 @@ use mcp_common::proto::mcp_agent_service_client::McpAgentServiceClient;
 use mcp_common::tls::{self, TlsFiles};
 use tonic::transport::Channel;
 
-use crate::{MCPTEST, Run, TestMaster, User, as_user, bin, chown, ensure_user, env, free_port, port_range};
+use crate::{Run, TestMaster, User, as_user, bin, chown, ensure_user, env, free_port, mcptest, port_range};
 
 /// One agent process with its own data dir, podman API socket, CA and an
 /// operator certificate, plus a CLI configuration pointing at it.
@@ -50,7 +50,7 @@ impl TestAgent {
     /// run by the default test user, without starting it.
     pub fn init(name: &str, ports: (u16, u16)) -> TestAgent {
         env();
-        let user = MCPTEST;
+        let user = mcptest();
         let dir = TestAgent::make_dir(user, name);
         let port = free_port();
         let out = as_user(user, &bin("mcp-agent"))

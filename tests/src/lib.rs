@@ -22,28 +22,44 @@ pub struct User {
     pub uid: u32,
 }
 
+/// A test user, shifted by the slot in `MCP_TEST_SLOT` (default 0) so that
+/// several checkouts can run their suites at once without sharing podman
+/// storage or container names: slot n adds 20·n to the UID and suffixes the
+/// name with n.
+pub fn test_user(name: &str, uid: u32) -> User {
+    static SLOT: OnceLock<u32> = OnceLock::new();
+    let slot = *SLOT.get_or_init(|| {
+        std::env::var("MCP_TEST_SLOT")
+            .ok()
+            .map(|s| s.parse().expect("MCP_TEST_SLOT must be a small integer"))
+            .unwrap_or(0)
+    });
+    if slot == 0 {
+        return User {
+            name: Box::leak(name.to_string().into_boxed_str()),
+            uid,
+        };
+    }
+    User {
+        name: Box::leak(format!("{name}s{slot}").into_boxed_str()),
+        uid: uid + 20 * slot,
+    }
+}
+
 /// The default test user.
-pub const MCPTEST: User = User {
-    name: "mcptest",
-    uid: 8501,
-};
+pub fn mcptest() -> User {
+    test_user("mcptest", 8501)
+}
 
 /// Separate users for the nodes of fleet tests: each agent is truly its
 /// own node, with its own podman storage.
-pub const FLEET_USERS: [User; 3] = [
-    User {
-        name: "mcpt1",
-        uid: 8511,
-    },
-    User {
-        name: "mcpt2",
-        uid: 8512,
-    },
-    User {
-        name: "mcpt3",
-        uid: 8513,
-    },
-];
+pub fn fleet_users() -> [User; 3] {
+    [
+        test_user("mcpt1", 8511),
+        test_user("mcpt2", 8512),
+        test_user("mcpt3", 8513),
+    ]
+}
 /// Local registry on loopback.
 pub const REGISTRY: &str = "127.0.0.1:5055";
 
@@ -68,7 +84,7 @@ pub fn env() {
         );
         let script = repo_root().join("dev/lib/test-env.sh");
         let out = Command::new(&script)
-            .args([MCPTEST.name, &MCPTEST.uid.to_string(), "5055"])
+            .args([mcptest().name, &mcptest().uid.to_string(), "5055"])
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
         assert!(
@@ -89,7 +105,11 @@ pub fn ensure_user(user: User) {
         return;
     }
     let script = repo_root().join("dev/lib/podman-user.sh");
-    let out = Command::new(&script)
+    // Under the lock of test-env.sh: concurrent suites append to
+    // /etc/subuid and /etc/subgid.
+    let out = Command::new("flock")
+        .arg("/run/.mcp-test-env.lock")
+        .arg(&script)
         .args([user.name, &user.uid.to_string()])
         .output()
         .unwrap();

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use mcp_tests::{FLEET_USERS, REGISTRY, TestAgent, TestMaster, wait_for};
+use mcp_tests::{REGISTRY, TestAgent, TestMaster, fleet_users, wait_for};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -34,9 +34,9 @@ impl Fleet {
         let n = |i: usize| format!("{tag}{i}");
         let master = TestMaster::start(&n(1));
         let mut agents = vec![
-            TestAgent::join(&master, FLEET_USERS[0], &n(1), "master"),
-            TestAgent::join(&master, FLEET_USERS[1], &n(2), "worker"),
-            TestAgent::join(&master, FLEET_USERS[2], &n(3), "worker"),
+            TestAgent::join(&master, fleet_users()[0], &n(1), "master"),
+            TestAgent::join(&master, fleet_users()[1], &n(2), "worker"),
+            TestAgent::join(&master, fleet_users()[2], &n(3), "worker"),
         ];
         for a in &mut agents {
             a.run();

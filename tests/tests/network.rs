@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use mcp_tests::{FLEET_USERS, REGISTRY, TestAgent, TestMaster, free_port, wait_for};
+use mcp_tests::{REGISTRY, TestAgent, TestMaster, fleet_users, free_port, wait_for};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -78,10 +78,10 @@ fn certificates_dns_proxy_and_edge() {
     });
     master.run();
     let (https, raw, edge_https) = (free_port(), free_port(), free_port());
-    let mut worker = TestAgent::join(&master, FLEET_USERS[0], "w1", "master");
+    let mut worker = TestAgent::join(&master, fleet_users()[0], "w1", "master");
     with_proxy(&worker, &[(443, https), (9000, raw)]);
     worker.run();
-    let mut edge = TestAgent::join(&master, FLEET_USERS[1], "e1", "edge");
+    let mut edge = TestAgent::join(&master, fleet_users()[1], "e1", "edge");
     with_proxy(&edge, &[(443, edge_https)]);
     edge.configure(|c| {
         let mut e = toml::Table::new();

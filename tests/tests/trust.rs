@@ -16,7 +16,7 @@ use mcp_common::proto::mcp_master_service_client::McpMasterServiceClient;
 use mcp_common::proto::mcp_registration_service_client::McpRegistrationServiceClient;
 use mcp_common::proto::{self};
 use mcp_common::tls::{self, TlsFiles};
-use mcp_tests::{MCPTEST, Run, TestAgent, TestMaster, wait_for};
+use mcp_tests::{Run, TestAgent, TestMaster, mcptest, wait_for};
 use prost::Message;
 use rustls::pki_types::pem::PemObject;
 use tonic::Code;
@@ -523,7 +523,7 @@ fn every_rpc_by_every_identity() {
 
     // A master and an agent joined to it (so it trusts the fleet CA).
     let master = TestMaster::start("mx");
-    let mut agent = TestAgent::join(&master, MCPTEST, "mx-node", "worker");
+    let mut agent = TestAgent::join(&master, mcptest, "mx-node", "worker");
     agent.run();
     wait_for("the agent to register", Duration::from_secs(20), || {
         master.node_status("mx-node").is_some()
@@ -1461,7 +1461,7 @@ fn certificates_renew_without_restart() {
 
     // The agent renews over IssueCertificate after a heartbeat, and its
     // listener serves the new certificate without a restart.
-    let mut agent = TestAgent::join(&master, MCPTEST, "renewa", "worker");
+    let mut agent = TestAgent::join(&master, mcptest, "renewa", "worker");
     agent.run();
     wait_for("the agent to register", Duration::from_secs(20), || {
         master.node_status("renewa").is_some()
