@@ -1,10 +1,14 @@
 //! mcp-agent: runs a node's services as rootless podman containers and
 //! records them in its SQLite registry.
 
+pub mod adopt;
+pub mod boot;
+pub mod health;
 pub mod http_client;
 pub mod link;
 pub mod mcns;
 pub mod metacrypt;
+pub mod monitor;
 pub mod node;
 pub mod ops;
 pub mod plan;
@@ -13,6 +17,7 @@ pub mod podman;
 pub mod ports;
 pub mod proxy;
 pub mod registry;
+pub mod render;
 pub mod server;
 pub mod spec;
 pub mod wiring;

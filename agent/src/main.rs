@@ -226,6 +226,8 @@ fn init(config: &Path, a: InitArgs) -> Result<()> {
             proxy: None,
             edge: None,
             mcns: None,
+            monitor: Default::default(),
+            boot: Default::default(),
             metacrypt: None,
         };
         let text = toml::to_string_pretty(&cfg)?;
@@ -299,6 +301,8 @@ fn join(config: &Path, a: JoinArgs) -> Result<()> {
         proxy: None,
         edge: None,
         mcns: None,
+        monitor: Default::default(),
+        boot: Default::default(),
         metacrypt: None,
     };
     mcp_common::fsutil::write_atomic(config, toml::to_string_pretty(&cfg)?.as_bytes(), 0o600)?;
@@ -343,21 +347,20 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
     if let Err(e) = agent.repair_interrupted().await {
         tracing::warn!(error = %e, "could not check for interrupted deploys");
     }
-    // The built-in proxy starts empty, and records may have gone while we
-    // were down: put back what the registry says runs (in the background:
-    // DNS goes to the master, which may be slow or down), then renew
-    // certificates hourly.
-    let renewals = {
+    // In the background (DNS goes to the master, which may be slow or down;
+    // the boot sequence waits for health checks): the built-in proxy starts
+    // empty and records may have gone while we were down, so put back what
+    // the registry says runs; then bring back every service that should run,
+    // stage by stage ([[boot.sequence]]); then the monitor takes over
+    // (drift, flapping, repairs, routes, DNS, hourly certificate renewal).
+    let background = {
         let agent = agent.clone();
-        let mut stop = stop_rx.clone();
+        let stop = stop_rx.clone();
         tokio::spawn(async move {
             agent.reapply_all().await;
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => agent.upkeep().await,
-                    _ = stop.changed() => break,
-                }
+            mcp_agent::boot::run(&agent, "boot", 0, stop.clone()).await;
+            if !*stop.borrow() {
+                mcp_agent::monitor::run(agent, stop).await;
             }
         })
     };
@@ -376,7 +379,7 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
         .await?;
     let _ = stop_tx.send(true);
     let _ = link.await;
-    let _ = renewals.await;
+    let _ = background.await;
     tracing::info!("mcp-agent stopped; containers keep running");
     Ok(())
 }

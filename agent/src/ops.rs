@@ -145,6 +145,13 @@ pub struct Agent {
     pub dns: Option<Arc<dyn crate::platform::DnsRegistrar>>,
     /// The proxy routes go to (none: recorded only).
     pub proxy: Option<Arc<dyn crate::proxy::ProxyBackend>>,
+    /// Boot sequence progress; one boot or recovery at a time.
+    pub boot: crate::boot::BootState,
+    /// What the monitor remembers between passes.
+    pub monitor: crate::monitor::MonitorState,
+    /// Services whose DNS registration was deferred (DNS down); the
+    /// monitor retries them.
+    pub(crate) dns_pending: std::sync::Mutex<HashSet<String>>,
 }
 
 /// The platform services an agent wires services into.
@@ -175,6 +182,37 @@ impl Agent {
             ca: platform.ca,
             dns: platform.dns,
             proxy: platform.proxy,
+            boot: Default::default(),
+            monitor: Default::default(),
+            dns_pending: Default::default(),
+        }
+    }
+
+    /// Whether an operation on `service` is in flight.
+    pub fn busy(&self, service: &str) -> bool {
+        let locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.get(service).is_some_and(|m| m.try_lock().is_err())
+    }
+
+    /// Records an event of a service, logs it, and alerts when asked.
+    pub fn report(&self, service: &str, component: &str, kind: &str, message: &str, alert: bool) {
+        if let Err(e) = self.registry.event(service, component, kind, message) {
+            tracing::error!(%service, error = %e, "cannot record event {kind}");
+        }
+        if alert {
+            crate::monitor::alert(self, service, component, kind, message);
+        } else {
+            tracing::info!(%service, %component, event = kind, %message, "event");
+        }
+    }
+
+    /// Drops events older than `monitor.event_retention_days`.
+    pub fn prune_events(&self) {
+        let days = self.cfg.monitor.event_retention_days;
+        match self.registry.prune_events(days) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, days, "pruned old events"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune events"),
         }
     }
 
@@ -183,7 +221,7 @@ impl Agent {
         &self.cfg.agent.name
     }
 
-    async fn lock(&self, service: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    pub(crate) async fn lock(&self, service: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let m = {
             let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
             locks.entry(service.to_string()).or_default().clone()
@@ -250,6 +288,7 @@ impl Agent {
             },
         );
 
+        crash_point(step::PORTS);
         // 2. Certificates: a failure here changes nothing.
         if crate::wiring::needs_cert(&def) && def.active {
             let t = Instant::now();
@@ -265,6 +304,7 @@ impl Agent {
             out.skip(step::CERTIFICATES, "no L7 routes");
         }
 
+        crash_point(step::CERTIFICATES);
         // 3. Containers.
         let t = Instant::now();
         let wanted: Vec<(String, ContainerSpec)> = def
@@ -327,6 +367,7 @@ impl Agent {
             .record_for(&def, old.as_ref(), &wanted, &ports, &only, &mut observed)
             .await;
 
+        crash_point(step::CONTAINERS);
         // 4. Routes.
         let t = Instant::now();
         let wiring = if def.active {
@@ -347,6 +388,7 @@ impl Agent {
             }
         };
 
+        crash_point(step::ROUTES);
         // 5. DNS.
         let t = Instant::now();
         let dns = if def.active {
@@ -365,6 +407,7 @@ impl Agent {
             }
         }
 
+        crash_point(step::DNS);
         // 6. Registry.
         let t = Instant::now();
         let summary = actions
@@ -379,6 +422,7 @@ impl Agent {
             out.fail(step::REGISTRY, t, format!("{e}; {rolled}"));
             return Err(OpError::from_outcome(out));
         }
+        crash_point(step::REGISTRY);
         self.commit(&actions, undo, &mut out.warnings).await;
         out.ok(
             step::REGISTRY,
@@ -459,7 +503,10 @@ impl Agent {
                     Seen {
                         running: o.running(),
                         hash: o.labels.get(LABEL_HASH).cloned().unwrap_or_default(),
-                        ours: o.labels.get(LABEL_SERVICE).map(String::as_str) == Some(service),
+                        // Adopted containers carry no mcp labels; the
+                        // registry knows them.
+                        ours: o.labels.get(LABEL_SERVICE).map(String::as_str) == Some(service)
+                            || self.registry.container_owner(name)?.as_deref() == Some(service),
                     },
                 );
             }
@@ -520,6 +567,7 @@ impl Agent {
                     self.podman.remove(&prev).await?;
                     self.podman.stop(&spec.name).await?;
                     self.podman.rename(&spec.name, &prev).await?;
+                    crash_point("renamed");
                     undo.push(Undo::Restore {
                         name: spec.name.clone(),
                         prev,
@@ -734,6 +782,28 @@ impl Agent {
         }
         let targets = select(&rec, only)?;
         let mut out = Outcome::default();
+        self.bring_up(&rec, &targets, &mut out).await?;
+        let t = Instant::now();
+        let names: Vec<String> = targets.iter().map(|c| c.name.clone()).collect();
+        let scope = only.map(|o| format!(" component {o}")).unwrap_or_default();
+        self.registry
+            .set_desired(name, &names, Desired::Running, ("started", &format!("started{scope}")))?;
+        self.refresh_observed(&rec).await;
+        out.ok(step::REGISTRY, t, "desired state: running");
+        out.changed = true;
+        Ok(out)
+    }
+
+    /// Brings `targets` to their recorded spec and running, without
+    /// touching desired states: certificate, then containers (created when
+    /// gone, started when stopped, recreated when they drifted from the
+    /// spec), then routes and DNS. Start, boot, recover and repair share it.
+    async fn bring_up(
+        &self,
+        rec: &ServiceRecord,
+        targets: &[&ComponentRecord],
+        out: &mut Outcome,
+    ) -> Result<Revived, OpError> {
         out.skip(
             step::PORTS,
             format!("{} host ports kept from the registry", rec.routes.len()),
@@ -744,7 +814,7 @@ impl Agent {
                 Ok(detail) => out.ok(step::CERTIFICATES, t, detail),
                 Err(e) => {
                     out.fail(step::CERTIFICATES, t, format!("{e}; nothing was started"));
-                    return Err(OpError::from_outcome(out));
+                    return Err(OpError::from_outcome(std::mem::take(out)));
                 }
             }
         } else {
@@ -753,12 +823,14 @@ impl Agent {
         let t = Instant::now();
         let wanted: Vec<(String, ContainerSpec)> = targets.iter().map(|c| (c.name.clone(), c.spec.clone())).collect();
         let recorded: BTreeMap<String, ContainerSpec> = wanted.iter().cloned().collect();
-        let seen = self.seen(name, wanted.iter().map(|(_, s)| s.name.as_str())).await?;
+        let seen = self
+            .seen(&rec.def.name, wanted.iter().map(|(_, s)| s.name.as_str()))
+            .await?;
         let actions = match plan::plan(&recorded, &wanted, &seen, true, &[]) {
             Ok(a) => a,
             Err(e) => {
                 out.fail(step::CONTAINERS, t, e.to_string());
-                return Err(OpError::from_outcome(out));
+                return Err(OpError::from_outcome(std::mem::take(out)));
             }
         };
         let mut undo = Vec::new();
@@ -769,30 +841,77 @@ impl Agent {
             Err(e) => {
                 let rolled = self.rollback(undo).await;
                 out.fail(step::CONTAINERS, t, format!("{e}; {rolled}"));
-                return Err(OpError::from_outcome(out));
+                return Err(OpError::from_outcome(std::mem::take(out)));
             }
         }
         self.commit(&actions, undo, &mut warnings).await;
-        out.warnings = warnings;
+        out.warnings.extend(warnings);
+        let mut revived = Revived::default();
+        for a in &actions {
+            match a {
+                Action::Create { .. } | Action::Replace { .. } => revived.created += 1,
+                Action::Start { .. } => revived.started += 1,
+                _ => {}
+            }
+        }
         let t = Instant::now();
-        match self.apply_routes(&rec).await {
+        match self.apply_routes(rec).await {
             Ok((detail, _)) => out.ok(step::ROUTES, t, detail),
             Err(e) => out.fail(step::ROUTES, t, e),
         }
         let t = Instant::now();
-        match self.register_dns(name).await {
+        match self.register_dns(&rec.def.name).await {
             Ok(detail) => out.ok(step::DNS, t, detail),
             Err(e) => out.fail(step::DNS, t, e),
         }
-        let t = Instant::now();
-        let names: Vec<String> = targets.iter().map(|c| c.name.clone()).collect();
-        let scope = only.map(|o| format!(" component {o}")).unwrap_or_default();
-        self.registry
-            .set_desired(name, &names, Desired::Running, ("started", &format!("started{scope}")))?;
+        Ok(revived)
+    }
+
+    /// Brings back the components of a service whose desired state is
+    /// running (all, or `only`), recording `kind` as the event. Desired
+    /// states are not changed: a stopped service stays stopped.
+    pub async fn revive(&self, name: &str, only: Option<&str>, kind: &str) -> Result<(Outcome, Revived), OpError> {
+        let _guard = self.lock(name).await;
+        let rec = self
+            .registry
+            .service(name)?
+            .ok_or_else(|| OpError::NotFound(name.to_string()))?;
+        let targets: Vec<&ComponentRecord> = select(&rec, only)?
+            .into_iter()
+            .filter(|c| c.desired == Desired::Running)
+            .collect();
+        let mut out = Outcome::default();
+        if !rec.def.active || targets.is_empty() {
+            out.skip(step::CONTAINERS, "nothing of it should run");
+            return Ok((out, Revived::default()));
+        }
+        let res = self.bring_up(&rec, &targets, &mut out).await;
         self.refresh_observed(&rec).await;
-        out.ok(step::REGISTRY, t, "desired state: running");
-        out.changed = true;
-        Ok(out)
+        let detail = match &res {
+            Ok(_) => out
+                .steps
+                .iter()
+                .find(|s| s.name == step::CONTAINERS)
+                .map(|s| s.detail.clone())
+                .unwrap_or_default(),
+            Err(e) => e.to_string(),
+        };
+        // An event when something was brought back or failed; a pass that
+        // found everything running leaves no trace.
+        let component = only.unwrap_or_default();
+        match &res {
+            Ok(r) if r.created + r.started > 0 => {
+                let _ = self.registry.event(name, component, kind, &detail);
+            }
+            Ok(_) => {}
+            Err(_) => {
+                let _ = self.registry.event(name, component, &format!("{kind}-failed"), &detail);
+            }
+        }
+        res.map(|revived| {
+            out.changed = revived.created + revived.started > 0;
+            (out, revived)
+        })
     }
 
     /// Stop followed by start.
@@ -908,7 +1027,9 @@ impl Agent {
     }
 
     /// Repairs what an interrupted deploy can leave behind: a replaced
-    /// container renamed aside whose replacement never came up.
+    /// container renamed aside (`-mcp-prev`). If the deploy reached the
+    /// registry the aside copy goes; otherwise the replacement goes and the
+    /// previous container comes back, so podman matches the registry.
     pub async fn repair_interrupted(&self) -> Result<(), OpError> {
         let listed = self.podman.list_managed().await?;
         for rec in self.registry.services()? {
@@ -917,7 +1038,13 @@ impl Agent {
                 if !listed.contains_key(&prev) {
                     continue;
                 }
-                if listed.get(&c.spec.name).is_some_and(|o| o.running()) {
+                // The deploy committed (the registry has the new spec) when
+                // the running container carries the recorded hash; else it
+                // never did, and the previous container is the truth.
+                let committed = listed.get(&c.spec.name).is_some_and(|o| {
+                    o.running() && o.labels.get(LABEL_HASH).map(String::as_str) == Some(c.spec.hash().as_str())
+                });
+                if committed {
                     tracing::info!(container = %prev, "removing container left by an interrupted deploy");
                     self.podman.remove(&prev).await?;
                 } else {
@@ -937,6 +1064,23 @@ impl Agent {
             }
         }
         Ok(())
+    }
+}
+
+/// Fault injection for the resilience tests: with
+/// `MCP_AGENT_CRASH_AFTER=<step>` in its environment the agent aborts (no
+/// cleanup, like a power cut) right after that deploy step (`ports`,
+/// `certificates`, `containers`, `routes`, `dns`, `registry`, or `renamed`:
+/// a replaced container renamed aside, its replacement not yet created).
+fn crash_point(step: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT
+        .get_or_init(|| std::env::var("MCP_AGENT_CRASH_AFTER").ok())
+        .as_deref()
+        == Some(step)
+    {
+        eprintln!("mcp-agent: MCP_AGENT_CRASH_AFTER={step}: aborting");
+        std::process::abort();
     }
 }
 
@@ -972,6 +1116,15 @@ enum Undo {
         prev: String,
         was_running: bool,
     },
+}
+
+/// Containers a [`Agent::revive`] brought back.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Revived {
+    /// Created (they were gone) or recreated (they drifted from the spec).
+    pub created: u32,
+    /// Present but stopped, started.
+    pub started: u32,
 }
 
 /// Host ports of a deploy: component → route key → port.

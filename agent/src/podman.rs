@@ -51,6 +51,10 @@ pub struct Observed {
     /// Unix seconds; 0 when unknown.
     pub started_at: i64,
     pub restart_count: u32,
+    /// Host ports published (inspect only).
+    pub ports: Vec<u16>,
+    /// Exit code of the last run (inspect only).
+    pub exit_code: i64,
 }
 
 impl Observed {
@@ -61,11 +65,12 @@ impl Observed {
 }
 
 /// Handle on the podman API socket.
-#[derive(Clone)]
 pub struct Podman {
-    docker: Docker,
+    /// Replaced when the podman service is restarted.
+    docker: std::sync::RwLock<Docker>,
     socket: PathBuf,
     stop_timeout: u32,
+    binary: PathBuf,
 }
 
 fn reason(e: &BollardError) -> String {
@@ -93,20 +98,24 @@ impl Podman {
     /// set, starts `podman system service` on it (in its own process group,
     /// so it outlives the agent like the containers do) and waits for it.
     pub async fn connect(socket: &Path, start: bool, binary: &Path, stop_timeout: u32) -> Result<Podman, PodmanError> {
-        if let Ok(p) = Podman::attach(socket, stop_timeout)
+        if let Ok(p) = Podman::attach(socket, stop_timeout, binary)
             && p.ping().await.is_ok()
         {
             return Ok(p);
         }
         if !start {
-            let p = Podman::attach(socket, stop_timeout)?;
+            let p = Podman::attach(socket, stop_timeout, binary)?;
             p.ping().await?;
             return Ok(p);
         }
         start_service(socket, binary)?;
+        Podman::wait_ready(socket, stop_timeout, binary).await
+    }
+
+    async fn wait_ready(socket: &Path, stop_timeout: u32, binary: &Path) -> Result<Podman, PodmanError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let attempt = match Podman::attach(socket, stop_timeout) {
+            let attempt = match Podman::attach(socket, stop_timeout, binary) {
                 Ok(p) => p.ping().await.map(|_| p),
                 Err(e) => Err(e),
             };
@@ -118,8 +127,39 @@ impl Podman {
         }
     }
 
+    /// Restarts the `podman system service` serving our socket (needed
+    /// after `podman system reset`: the old service keeps answering pings
+    /// from a stale namespace but hangs on create).
+    pub async fn restart_service(&self) -> Result<(), PodmanError> {
+        let needle = format!("unix://{}", self.socket.display());
+        for pid in service_pids(&needle) {
+            tracing::info!(pid, socket = %self.socket.display(), "stopping podman system service");
+            // SAFETY: plain kill(2) on a pid we just read from /proc.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            for _ in 0..50 {
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if std::path::Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        start_service(&self.socket, &self.binary)?;
+        let fresh = Podman::wait_ready(&self.socket, self.stop_timeout, &self.binary).await?;
+        *self.docker.write().unwrap_or_else(|p| p.into_inner()) = fresh.docker();
+        Ok(())
+    }
+
+    /// The API client (cheap to clone).
+    fn docker(&self) -> Docker {
+        self.docker.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// A client for the socket without checking it answers.
-    fn attach(socket: &Path, stop_timeout: u32) -> Result<Podman, PodmanError> {
+    fn attach(socket: &Path, stop_timeout: u32, binary: &Path) -> Result<Podman, PodmanError> {
         let shown = socket.display().to_string();
         let docker = Docker::connect_with_unix(&shown, 300, bollard::API_DEFAULT_VERSION).map_err(|e| {
             PodmanError::Unreachable {
@@ -128,11 +168,40 @@ impl Podman {
             }
         })?;
         Ok(Podman {
-            docker,
+            docker: std::sync::RwLock::new(docker),
             socket: socket.to_path_buf(),
             stop_timeout,
+            binary: binary.to_path_buf(),
         })
     }
+}
+
+/// Pids of `podman system service` processes whose command line has `needle`.
+fn service_pids(needle: &str) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    let c = String::from_utf8_lossy(&c).replace('\0', " ");
+                    c.contains("system service") && c.contains(needle)
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
 }
 
 /// Starts `podman system service` on `socket`, in its own process group so
@@ -167,7 +236,7 @@ fn start_service(socket: &Path, binary: &Path) -> Result<(), PodmanError> {
 impl Podman {
     /// Checks the API answers.
     pub async fn ping(&self) -> Result<(), PodmanError> {
-        self.docker
+        self.docker()
             .ping()
             .await
             .map(|_| ())
@@ -180,7 +249,7 @@ impl Podman {
     /// Podman's version string.
     pub async fn version(&self) -> Result<String, PodmanError> {
         let v = self
-            .docker
+            .docker()
             .version()
             .await
             .map_err(|e| PodmanError::Other(reason(&e)))?;
@@ -189,7 +258,7 @@ impl Podman {
 
     /// Whether `image` is present locally.
     pub async fn has_image(&self, image: &str) -> Result<bool, PodmanError> {
-        match self.docker.inspect_image(image).await {
+        match self.docker().inspect_image(image).await {
             Ok(_) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(PodmanError::Pull {
@@ -202,7 +271,7 @@ impl Podman {
     /// Pulls `image` (reference with tag or digest).
     pub async fn pull(&self, image: &str) -> Result<(), PodmanError> {
         let opts = CreateImageOptionsBuilder::default().from_image(image).build();
-        let mut stream = self.docker.create_image(Some(opts), None, None);
+        let mut stream = self.docker().create_image(Some(opts), None, None);
         while let Some(item) = stream.next().await {
             item.map_err(|e| PodmanError::Pull {
                 image: image.to_string(),
@@ -231,7 +300,7 @@ impl Podman {
     /// Creates a network if it does not exist.
     pub async fn ensure_network(&self, name: &str) -> Result<(), PodmanError> {
         match self
-            .docker
+            .docker()
             .inspect_network(name, None::<bollard::query_parameters::InspectNetworkOptions>)
             .await
         {
@@ -241,7 +310,7 @@ impl Podman {
                     name: name.to_string(),
                     ..Default::default()
                 };
-                self.docker
+                self.docker()
                     .create_network(body)
                     .await
                     .map(|_| ())
@@ -290,7 +359,7 @@ impl Podman {
         };
         let opts = CreateContainerOptionsBuilder::default().name(&spec.name).build();
         let t = std::time::Instant::now();
-        let resp = self.docker.create_container(Some(opts), body).await.map_err(err)?;
+        let resp = self.docker().create_container(Some(opts), body).await.map_err(err)?;
         tracing::debug!(container = %spec.name, ms = t.elapsed().as_millis() as u64, "podman create");
         Ok(resp.id)
     }
@@ -347,7 +416,7 @@ impl Podman {
         let opts = StopContainerOptionsBuilder::default()
             .t(self.stop_timeout as i32)
             .build();
-        match self.docker.stop_container(name, Some(opts)).await {
+        match self.docker().stop_container(name, Some(opts)).await {
             Ok(()) => Ok(()),
             Err(BollardError::DockerResponseServerError {
                 status_code: 304 | 404, ..
@@ -364,7 +433,7 @@ impl Podman {
     pub async fn remove(&self, name: &str) -> Result<(), PodmanError> {
         self.stop(name).await?;
         let opts = RemoveContainerOptionsBuilder::default().force(true).build();
-        match self.docker.remove_container(name, Some(opts)).await {
+        match self.docker().remove_container(name, Some(opts)).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(PodmanError::Container {
@@ -378,7 +447,7 @@ impl Podman {
     /// Renames a container.
     pub async fn rename(&self, from: &str, to: &str) -> Result<(), PodmanError> {
         let opts = RenameContainerOptionsBuilder::default().name(to).build();
-        self.docker
+        self.docker()
             .rename_container(from, opts)
             .await
             .map_err(|e| PodmanError::Container {
@@ -416,6 +485,8 @@ impl Podman {
             labels: labels(&v["Config"]["Labels"]),
             started_at: v["State"]["StartedAt"].as_str().and_then(parse_rfc3339).unwrap_or(0),
             restart_count: v["RestartCount"].as_u64().unwrap_or(0) as u32,
+            ports: published(&v["HostConfig"]["PortBindings"]),
+            exit_code: v["State"]["ExitCode"].as_i64().unwrap_or(0),
         }))
     }
 
@@ -451,10 +522,35 @@ impl Podman {
                     labels: labels(&c["Labels"]),
                     started_at: 0,
                     restart_count: 0,
+                    ports: vec![],
+                    exit_code: 0,
                 },
             );
         }
         Ok(out)
+    }
+
+    /// Every container, managed or not, by name.
+    pub async fn list_all(&self) -> Result<HashMap<String, Observed>, PodmanError> {
+        self.list(None).await
+    }
+
+    /// The full inspect document of a container (None: no such container).
+    pub async fn inspect_raw(&self, name: &str) -> Result<Option<serde_json::Value>, PodmanError> {
+        let err = |reason: String| PodmanError::Container {
+            name: name.to_string(),
+            action: "inspect",
+            reason,
+        };
+        let (status, body) = self
+            .request("GET", &format!("/v1.41/containers/{name}/json"))
+            .await
+            .map_err(err)?;
+        match status {
+            200 => serde_json::from_slice(&body).map(Some).map_err(|e| err(e.to_string())),
+            404 => Ok(None),
+            _ => Err(err(format!("{} (HTTP {status})", api_message(&body)))),
+        }
     }
 
     /// Every container carrying the mcp service label, by name.
@@ -491,7 +587,7 @@ impl Podman {
             .tail(&tail)
             .build();
         let name = name.to_string();
-        self.docker.logs(&name, Some(opts)).map(move |item| match item {
+        self.docker().logs(&name, Some(opts)).map(move |item| match item {
             Ok(bollard::container::LogOutput::StdErr { message }) => Ok((true, message)),
             Ok(other) => Ok((false, other.into_bytes())),
             Err(e) => Err(PodmanError::Container {
@@ -501,6 +597,22 @@ impl Podman {
             }),
         })
     }
+}
+
+/// Host ports of an inspect `PortBindings` object, sorted.
+fn published(v: &serde_json::Value) -> Vec<u16> {
+    let mut ports: Vec<u16> = v
+        .as_object()
+        .map(|m| {
+            m.values()
+                .flat_map(|b| b.as_array().cloned().unwrap_or_default())
+                .filter_map(|b| b["HostPort"].as_str().and_then(|p| p.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    ports.sort();
+    ports.dedup();
+    ports
 }
 
 /// Container labels from an API JSON object.

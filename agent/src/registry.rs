@@ -406,6 +406,12 @@ impl Registry {
         Ok(())
     }
 
+    /// Deletes events older than `days` days; returns how many.
+    pub fn prune_events(&self, days: u64) -> Result<usize> {
+        let cutoff = now_ms() - (days as i64) * 86_400_000;
+        Ok(self.conn().execute("DELETE FROM events WHERE time < ?1", [cutoff])?)
+    }
+
     /// The newest `limit` events of a service, oldest first.
     pub fn events(&self, service: &str, limit: u32) -> Result<Vec<EventRecord>> {
         let conn = self.conn();

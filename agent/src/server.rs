@@ -309,6 +309,65 @@ impl McpAgentService for AgentService {
             cgroup_version: cgroup,
             limits_enforced: cgroup >= 2,
             address: a.cfg.agent.address.clone(),
+            boot: a
+                .boot
+                .stages()
+                .into_iter()
+                .map(|s| proto::BootStageStatus {
+                    name: s.name,
+                    state: s.state,
+                    detail: s.detail,
+                    services: s.services,
+                })
+                .collect(),
+            monitor_last_run: a.monitor.summary().0,
+            drifted: a.monitor.summary().1,
+        }))
+    }
+
+    async fn recover(&self, _req: Request<proto::RecoverRequest>) -> Result<Response<proto::RecoverResponse>, Status> {
+        let report = crate::boot::recover(&self.agent).await.map_err(status)?;
+        Ok(Response::new(proto::RecoverResponse {
+            node: self.agent.name().to_string(),
+            services: report
+                .services
+                .into_iter()
+                .map(|r| proto::RecoveredService {
+                    service: r.service,
+                    stage: r.stage,
+                    success: r.success,
+                    detail: r.detail,
+                    duration_ms: r.duration_ms,
+                })
+                .collect(),
+            duration_ms: report.duration.as_millis() as u64,
+            created: report.revived.created,
+            started: report.revived.started,
+        }))
+    }
+
+    async fn render_service(
+        &self,
+        req: Request<proto::ServiceRequest>,
+    ) -> Result<Response<proto::RenderResponse>, Status> {
+        let name = req.into_inner().name;
+        let commands = self.agent.render(&name).map_err(status)?;
+        Ok(Response::new(proto::RenderResponse {
+            service: name,
+            commands,
+        }))
+    }
+
+    async fn adopt_containers(
+        &self,
+        req: Request<proto::AdoptRequest>,
+    ) -> Result<Response<proto::AdoptResponse>, Status> {
+        let name = req.into_inner().service;
+        let out = self.agent.adopt(&name).await.map_err(status)?;
+        Ok(Response::new(proto::AdoptResponse {
+            service: name,
+            adopted: out.adopted,
+            refused: out.refused,
         }))
     }
 

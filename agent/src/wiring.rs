@@ -203,7 +203,15 @@ impl Agent {
                 self.cfg.agent.address
             ));
         };
-        match dns.register(service, &name, addr).await {
+        let r = dns.register(service, &name, addr).await;
+        {
+            let mut pending = self.dns_pending.lock().unwrap_or_else(|p| p.into_inner());
+            match &r {
+                Err(e) if e.starts_with(crate::platform::UNAVAILABLE_PREFIX) => pending.insert(service.to_string()),
+                _ => pending.remove(service),
+            };
+        }
+        match r {
             Ok(()) => Ok(format!("{name} A {addr}")),
             // The DNS service is down (e.g. the master, while an operator
             // deploys with --direct): the service runs anyway and the agent
@@ -222,6 +230,10 @@ impl Agent {
             return Ok("no DNS service is configured on this node".into());
         };
         let name = internal_name(service, &self.cfg.network.zone);
+        self.dns_pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(service);
         match dns.remove(service, &name).await {
             Ok(()) => Ok(format!("{name} removed")),
             Err(e) if e.starts_with(crate::platform::UNAVAILABLE_PREFIX) => {
@@ -306,6 +318,31 @@ impl Agent {
             }
         }
         self.reapply_edges().await;
+    }
+
+    /// Registers the DNS records that were deferred while the DNS service
+    /// was down (every monitor pass).
+    pub async fn retry_deferred_dns(&self) {
+        let pending: Vec<String> = self
+            .dns_pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        for service in pending {
+            match self.register_dns(&service).await {
+                Ok(d) if !d.starts_with("deferred") => self.report(
+                    &service,
+                    "",
+                    "dns-registered",
+                    &format!("deferred record registered: {d}"),
+                    false,
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%service, error = %e, "DNS registration failed"),
+            }
+        }
     }
 
     /// Hourly upkeep: DNS records of running services registered again

@@ -28,7 +28,9 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<u8> {
         );
     }
     match command {
-        Command::Validate { .. } => unreachable!("handled before connecting"),
+        Command::Validate { .. } | Command::Agent(_) | Command::Render { .. } | Command::Adopt { .. } => {
+            unreachable!("handled before")
+        }
         Command::Deploy { target, node } => deploy(ctx, &target, node).await,
         Command::Undeploy { service, node } => {
             let (name, component) = split_target(&service)?;
@@ -62,7 +64,7 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<u8> {
 
 /// Finds the node running `service`: `--node`, else the definition's pin,
 /// else whichever agent has it in its registry.
-async fn locate(ctx: &Ctx, service: &str, node: Option<String>) -> Result<String> {
+pub(crate) async fn locate(ctx: &Ctx, service: &str, node: Option<String>) -> Result<String> {
     if let Some(n) = node {
         ctx.node(&n)?;
         return Ok(n);

@@ -14,7 +14,9 @@ use crate::{Command, DnsCommand, EdgeCommand, NodeCommand, RouteCommand, UsageEr
 /// Runs one command through the master; returns the exit code.
 pub async fn run(ctx: &Ctx, command: Command) -> Result<u8> {
     match command {
-        Command::Validate { .. } => unreachable!("handled before connecting"),
+        Command::Validate { .. } | Command::Agent(_) | Command::Render { .. } | Command::Adopt { .. } => {
+            unreachable!("handled before")
+        }
         Command::Deploy { target, node } => {
             if node.is_some() {
                 usage!("--node is for --direct mode; pin the service with `node = ...` in its definition");

@@ -5,6 +5,7 @@ mod defs;
 mod direct;
 mod fleet;
 mod output;
+mod resilience;
 
 use std::path::PathBuf;
 
@@ -144,6 +145,40 @@ pub enum Command {
     /// Public routes on edge nodes (through the master).
     #[command(subcommand)]
     Edge(EdgeCommand),
+    /// Node agents: recovery.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Print the `podman run` commands that reproduce a service from its
+    /// node's registry (the manual fallback; paste them as the podman user).
+    #[command(after_help = "Examples:
+  mcp render web
+  mcp --direct render web > web.sh && sudo -u mcp sh web.sh")]
+    Render {
+        service: String,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Take over running containers named <service> or <service>-<component>
+    /// that the node's registry does not know (talks to the agent directly).
+    #[command(after_help = "Example:
+  mcp --direct adopt legacy --node rift")]
+    Adopt {
+        service: String,
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AgentCommand {
+    /// Recreate every container from the registry (after podman lost them,
+    /// e.g. `podman system reset`), following the boot sequence, then
+    /// re-apply routes and DNS. Idempotent. All nodes when none is named.
+    #[command(after_help = "Examples:
+  mcp agent recover rift
+  mcp agent recover
+  mcp --direct agent recover rift")]
+    Recover { node: Option<String> },
 }
 
 #[derive(Subcommand)]
@@ -197,10 +232,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     let cfg = mcp_common::config::CliConfig::load(&path, explicit).map_err(|e| UsageError(e.to_string()))?;
     let direct = cli.direct || cfg.master.is_none();
     let ctx = conn::Ctx { cfg, path, out };
-    if direct {
-        direct::run(&ctx, cli.command).await
-    } else {
-        fleet::run(&ctx, cli.command).await
+    match cli.command {
+        Command::Agent(AgentCommand::Recover { node }) => resilience::recover(&ctx, direct, node).await,
+        Command::Render { service, node } => resilience::render(&ctx, direct, &service, node).await,
+        Command::Adopt { service, node } => resilience::adopt(&ctx, &service, node).await,
+        other if direct => direct::run(&ctx, other).await,
+        other => fleet::run(&ctx, other).await,
     }
 }
 

@@ -20,14 +20,14 @@ pub fn print_json(v: &Value) {
     );
 }
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_style(presets::NOTHING);
     t.set_header(header.iter().map(|h| h.to_string()));
     t
 }
 
-fn print_table(t: &Table) {
+pub(crate) fn print_table(t: &Table) {
     // comfy-table pads the first column with one space; trim it so the
     // table lines up with the rest of the output.
     for line in t.to_string().lines() {

@@ -89,6 +89,10 @@ pub struct AgentConfig {
     /// Metacrypt, when `network.ca = "metacrypt"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metacrypt: Option<MetacryptConfig>,
+    #[serde(default)]
+    pub monitor: MonitorSection,
+    #[serde(default)]
+    pub boot: BootSection,
 }
 
 /// `[network]`: certificates and DNS names of services.
@@ -219,6 +223,107 @@ impl MetacryptConfig {
             ttl_days: default_metacrypt_ttl_days(),
         }
     }
+}
+
+/// `[monitor]`: the agent's watch over its containers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorSection {
+    /// Seconds between two passes.
+    #[serde(default = "default_monitor_interval")]
+    pub interval: u64,
+    /// Recreate or restart drifted containers from the registry (with
+    /// backoff); otherwise only report.
+    #[serde(default)]
+    pub auto_repair: bool,
+    /// Restarts within `flap_window` seconds that make a container flapping.
+    #[serde(default = "default_flap_restarts")]
+    pub flap_restarts: u32,
+    /// Seconds of the flapping window.
+    #[serde(default = "default_flap_window")]
+    pub flap_window: u64,
+    /// Alert command (program and arguments, no shell): gets the event as
+    /// JSON on stdin and as `MCP_EVENT_*` variables.
+    #[serde(default)]
+    pub alert_command: Vec<String>,
+    /// Days events are kept.
+    #[serde(default = "default_event_retention")]
+    pub event_retention_days: u64,
+    /// Longest pause, in seconds, between two repairs of one container.
+    #[serde(default = "default_repair_backoff")]
+    pub repair_backoff_max: u64,
+}
+
+fn default_monitor_interval() -> u64 {
+    30
+}
+fn default_flap_restarts() -> u32 {
+    3
+}
+fn default_flap_window() -> u64 {
+    300
+}
+fn default_event_retention() -> u64 {
+    30
+}
+fn default_repair_backoff() -> u64 {
+    300
+}
+
+impl Default for MonitorSection {
+    fn default() -> Self {
+        MonitorSection {
+            interval: default_monitor_interval(),
+            auto_repair: false,
+            flap_restarts: default_flap_restarts(),
+            flap_window: default_flap_window(),
+            alert_command: Vec::new(),
+            event_retention_days: default_event_retention(),
+            repair_backoff_max: default_repair_backoff(),
+        }
+    }
+}
+
+/// `[boot]`: the order services come up in when the agent starts.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSection {
+    /// Stages, in order; services in no stage start last.
+    #[serde(default)]
+    pub sequence: Vec<BootStage>,
+}
+
+/// One `[[boot.sequence]]` stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootStage {
+    pub name: String,
+    pub services: Vec<String>,
+    /// How long the stage's health checks may take: `120s`, `2m`, `90`.
+    #[serde(default = "default_stage_timeout")]
+    pub timeout: String,
+    /// Health check for services whose components declare none:
+    /// `tcp`, `http` or `grpc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+}
+
+fn default_stage_timeout() -> String {
+    "120s".to_string()
+}
+
+/// Parses `90`, `90s`, `2m`, `1h` into seconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('s') => (&t[..t.len() - 1], 1),
+        Some('m') => (&t[..t.len() - 1], 60),
+        Some('h') => (&t[..t.len() - 1], 3600),
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|_| format!("{s:?} is not a duration such as 90s, 2m or 1h"))
 }
 
 /// `[proxy]`: the proxy routes are registered with.
@@ -525,6 +630,37 @@ impl AgentConfig {
             for (i, d) in e.allowed_domains.iter().enumerate() {
                 crate::service::check_hostname(d)
                     .map_err(|r| ConfigError::new(path, &format!("edge.allowed_domains[{i}]"), r))?;
+            }
+        }
+        if self.monitor.interval == 0 {
+            return Err(ConfigError::new(path, "monitor.interval", "must be at least 1 second"));
+        }
+        if self.monitor.flap_restarts == 0 {
+            return Err(ConfigError::new(path, "monitor.flap_restarts", "must be at least 1"));
+        }
+        let mut staged = std::collections::BTreeSet::new();
+        for (i, st) in self.boot.sequence.iter().enumerate() {
+            crate::service::check_name(&st.name)
+                .map_err(|r| ConfigError::new(path, &format!("boot.sequence[{i}].name"), r))?;
+            parse_duration(&st.timeout)
+                .map_err(|r| ConfigError::new(path, &format!("boot.sequence[{i}].timeout"), r))?;
+            if let Some(h) = &st.health
+                && !matches!(h.as_str(), "tcp" | "http" | "grpc")
+            {
+                return Err(ConfigError::new(
+                    path,
+                    &format!("boot.sequence[{i}].health"),
+                    "expected \"tcp\", \"http\" or \"grpc\"",
+                ));
+            }
+            for svc in &st.services {
+                if !staged.insert(svc.clone()) {
+                    return Err(ConfigError::new(
+                        path,
+                        &format!("boot.sequence[{i}].services"),
+                        format!("{svc} is in two stages"),
+                    ));
+                }
             }
         }
         Ok(())
@@ -1123,6 +1259,18 @@ mod tests {
                 ca: Some("/ca".into()),
                 ..MetacryptConfig::new("https://metacrypt:8443", Path::new("/token"))
             }),
+            monitor: MonitorSection {
+                alert_command: vec!["/bin/true".into()],
+                ..Default::default()
+            },
+            boot: BootSection {
+                sequence: vec![BootStage {
+                    name: "foundation".into(),
+                    services: vec!["mcias".into()],
+                    timeout: "120s".into(),
+                    health: Some("grpc".into()),
+                }],
+            },
         };
         let master = MasterConfig {
             master: MasterSection {

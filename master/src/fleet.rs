@@ -694,6 +694,58 @@ impl Master {
         })
     }
 
+    /// `mcp agent recover`: every container of the node (or of every node
+    /// when `node` is empty) back from its registry, nodes in parallel. A
+    /// node that cannot be reached is reported, not fatal.
+    pub async fn recover(&self, node: &str) -> Result<Vec<proto::NodeRecovery>> {
+        let names: Vec<String> = if node.is_empty() {
+            self.nodes().into_iter().map(|n| n.name).collect()
+        } else {
+            if !self.nodes().iter().any(|n| n.name == node) {
+                return Err(FleetError::NotFound(format!(
+                    "unknown node {node:?}; see mcp node list"
+                )));
+            }
+            vec![node.to_string()]
+        };
+        let timeout = self.cfg.timeouts.deploy.max(600);
+        let calls = names.iter().map(|n| async move {
+            let r = self
+                .call(n, timeout, |mut c| async move {
+                    c.recover(proto::RecoverRequest::default()).await
+                })
+                .await;
+            match r {
+                Ok(result) => proto::NodeRecovery {
+                    node: n.clone(),
+                    error: String::new(),
+                    result: Some(result),
+                },
+                Err(e) => proto::NodeRecovery {
+                    node: n.clone(),
+                    error: e.to_string(),
+                    result: None,
+                },
+            }
+        });
+        Ok(futures::future::join_all(calls).await)
+    }
+
+    /// `mcp render`: the `podman run` commands of a placed service, from
+    /// its node's registry.
+    pub async fn render(&self, name: &str) -> Result<proto::RenderResponse> {
+        let p = self.placement_of(name)?;
+        let req = proto::ServiceRequest {
+            name: name.to_string(),
+            ..Default::default()
+        };
+        self.call(&p.node, self.cfg.timeouts.health_check.max(10), |mut c| {
+            let req = req.clone();
+            async move { c.render_service(req).await }
+        })
+        .await
+    }
+
     /// Undeploys a placed service and forgets the placement.
     pub async fn undeploy(&self, req: proto::ServiceRequest) -> Result<proto::FleetOperationResponse> {
         let _guard = self.lock(&req.name).await?;

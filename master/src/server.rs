@@ -186,6 +186,24 @@ impl McpMasterService for MasterService {
         }))
     }
 
+    async fn recover_node(
+        &self,
+        req: Request<proto::RecoverNodeRequest>,
+    ) -> Result<Response<proto::RecoverNodeResponse>, Status> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        tracing::info!(node = %r.node, caller = %who, request_id = %r.request_id, "recover");
+        let nodes = self.master.recover(&r.node).await.map_err(Status::from)?;
+        Ok(Response::new(proto::RecoverNodeResponse { nodes }))
+    }
+
+    async fn render_service(
+        &self,
+        req: Request<proto::ServiceRequest>,
+    ) -> Result<Response<proto::RenderResponse>, Status> {
+        done(self.master.render(&req.into_inner().name).await)
+    }
+
     async fn list_dns_records(
         &self,
         _req: Request<proto::ListDnsRecordsRequest>,

@@ -705,6 +705,24 @@ impl McpAgentService for FakeAgent {
     ) -> Result<Response<proto::EdgeRouteResponse>, Status> {
         Err(fake("RemoveEdgeRoute"))
     }
+
+    async fn recover(&self, _: Request<proto::RecoverRequest>) -> Result<Response<proto::RecoverResponse>, Status> {
+        Err(fake("Recover"))
+    }
+
+    async fn render_service(
+        &self,
+        _: Request<proto::ServiceRequest>,
+    ) -> Result<Response<proto::RenderResponse>, Status> {
+        Err(fake("RenderService"))
+    }
+
+    async fn adopt_containers(
+        &self,
+        _: Request<proto::AdoptRequest>,
+    ) -> Result<Response<proto::AdoptResponse>, Status> {
+        Err(fake("AdoptContainers"))
+    }
 }
 
 /// Serves a fake agent like the real one does (TLS 1.3 with its
