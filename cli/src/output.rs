@@ -622,6 +622,10 @@ impl Out {
                         "memory_total_bytes": s.memory_total_bytes, "memory_available_bytes": s.memory_available_bytes,
                         "disk_total_bytes": s.disk_total_bytes, "disk_available_bytes": s.disk_available_bytes,
                         "cgroup_version": s.cgroup_version, "limits_enforced": s.limits_enforced,
+                        "boot": s.boot.iter().map(|b| json!({
+                            "stage": b.name, "state": b.state, "detail": b.detail, "services": b.services,
+                        })).collect::<Vec<_>>(),
+                        "monitor_last_run": s.monitor_last_run, "drifted": s.drifted,
                     }),
                     Err(e) => json!({"name": n.name, "address": n.address.list(), "status": "unreachable", "error": e}),
                 })

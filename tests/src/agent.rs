@@ -49,8 +49,14 @@ impl TestAgent {
     /// Initializes a stand-alone agent (config, local CA, certificates)
     /// run by the default test user, without starting it.
     pub fn init(name: &str, ports: (u16, u16)) -> TestAgent {
+        TestAgent::init_as(mcptest(), name, ports)
+    }
+
+    /// Like [`TestAgent::init`], run by `user` (a test that wipes podman
+    /// storage needs a user of its own).
+    pub fn init_as(user: User, name: &str, ports: (u16, u16)) -> TestAgent {
         env();
-        let user = mcptest();
+        ensure_user(user);
         let dir = TestAgent::make_dir(user, name);
         let port = free_port();
         let out = as_user(user, &bin("mcp-agent"))
@@ -130,6 +136,11 @@ impl TestAgent {
 
     /// Starts the agent process and waits until it answers over TLS.
     pub fn run(&mut self) {
+        self.run_with_env(&[]);
+    }
+
+    /// Starts the agent with extra environment variables.
+    pub fn run_with_env(&mut self, vars: &[(&str, &str)]) {
         assert!(self.child.is_none(), "agent already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -141,6 +152,7 @@ impl TestAgent {
             .arg("--config")
             .arg(self.dir.join("agent.toml"))
             .env("MCP_LOG", "info,mcp_agent=debug")
+            .envs(vars.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
