@@ -326,14 +326,12 @@ async fn wait_healthy(agent: &Agent, services: &[String], stage: &Stage) -> Resu
 }
 
 /// `mcp agent recover`: restarts the podman API service when the agent
-/// manages it (after `podman system reset` the old one answers from a
-/// stale namespace), repairs interrupted deploys, runs the boot sequence,
+/// manages it and it is stale (after `podman system reset` the old one
+/// answers from an abandoned namespace) or down, repairs interrupted deploys, runs the boot sequence,
 /// and re-applies routes, DNS and edge routes. Idempotent.
 /// A failing foundation stage is tried three times, then reported.
 pub async fn recover(agent: &Arc<Agent>) -> Result<Report, OpError> {
-    if agent.cfg.podman.start_service {
-        agent.podman.restart_service().await?;
-    }
+    agent.podman.ensure_fresh(agent.cfg.podman.start_service).await?;
     if let Err(e) = agent.repair_interrupted().await {
         tracing::warn!(error = %e, "recover: could not check for interrupted deploys");
     }

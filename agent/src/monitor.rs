@@ -251,6 +251,14 @@ pub async fn run(agent: Arc<Agent>, mut stop: tokio::sync::watch::Receiver<bool>
 /// One pass over every service that should run.
 pub async fn pass(agent: &Arc<Agent>) {
     let cfg = &agent.cfg.monitor;
+    // After a `podman system reset` the API service answers from an
+    // abandoned namespace: every create would hang.
+    if agent.podman.service_stale() {
+        if let Err(e) = agent.podman.ensure_fresh(agent.cfg.podman.start_service).await {
+            tracing::error!(error = %e, "monitor: podman API unusable");
+            return;
+        }
+    }
     let services = match agent.registry.services() {
         Ok(s) => s,
         Err(e) => {

@@ -153,6 +153,53 @@ impl Podman {
         Ok(())
     }
 
+    /// Whether the `podman system service` on our socket lives in a user
+    /// namespace that rootless podman abandoned: `podman system reset`
+    /// kills the pause process that holds the namespace, and a service left
+    /// in the old one answers pings but hangs on create. Compared by the
+    /// namespace of `$XDG_RUNTIME_DIR/libpod/tmp/pause.pid`; no pause
+    /// process at all also means a reset happened.
+    pub fn service_stale(&self) -> bool {
+        let needle = format!("unix://{}", self.socket.display());
+        let pids = service_pids(&needle);
+        if pids.is_empty() {
+            return false;
+        }
+        let runtime =
+            std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| format!("/run/user/{}", unsafe { libc::getuid() }));
+        let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/user")).ok();
+        let Some(pause) = std::fs::read_to_string(format!("{runtime}/libpod/tmp/pause.pid"))
+            .ok()
+            .and_then(|p| ns(p.trim()))
+        else {
+            return true;
+        };
+        !pids.iter().any(|pid| ns(&pid.to_string()).as_ref() == Some(&pause))
+    }
+
+    /// Makes sure the API service answers from podman's current state:
+    /// restarts it when it is stale or down and `manage` (the agent starts
+    /// its own service); returns whether it restarted it.
+    pub async fn ensure_fresh(&self, manage: bool) -> Result<bool, PodmanError> {
+        let stale = self.service_stale();
+        let down = self.ping().await.is_err();
+        if (stale || down) && manage {
+            tracing::warn!(stale, down, socket = %self.socket.display(), "restarting the podman API service");
+            self.restart_service().await?;
+            return Ok(true);
+        }
+        if stale {
+            tracing::warn!(
+                socket = %self.socket.display(),
+                "the podman API service is stale (podman system reset?); restart it"
+            );
+        }
+        if down {
+            self.ping().await?;
+        }
+        Ok(false)
+    }
+
     /// The API client (cheap to clone).
     fn docker(&self) -> Docker {
         self.docker.read().unwrap_or_else(|p| p.into_inner()).clone()

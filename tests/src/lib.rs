@@ -60,6 +60,17 @@ pub fn fleet_users() -> [User; 3] {
         test_user("mcpt3", 8513),
     ]
 }
+/// Median of benchmark samples (sorts them).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 /// Local registry on loopback.
 pub const REGISTRY: &str = "127.0.0.1:5055";
 

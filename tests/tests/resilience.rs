@@ -414,6 +414,11 @@ fn recover_after_podman_system_reset() {
     r.expect_code(0, "agent recover");
     let j = r.json();
     assert_eq!(j["nodes"][0]["created"], 3, "{j}");
+    assert!(
+        agent.log().contains("restarting the podman API service"),
+        "the stale API service was detected and restarted:\n{}",
+        agent.log()
+    );
     for (name, port, env) in &before {
         assert_eq!(host_port(&status(&agent, name)), *port, "{name} keeps its host port");
         let after = without_hostname(&http_get(*port, "/env.txt", WAIT).expect("served after recovery"));

@@ -5,17 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mcp_tests::{REGISTRY, TestAgent, as_user, free_port, http_get};
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
+use mcp_tests::{REGISTRY, TestAgent, as_user, free_port, http_get, median};
 
 fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

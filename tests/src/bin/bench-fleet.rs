@@ -36,7 +36,7 @@ use mcp_common::proto::mcp_agent_service_server::{McpAgentService, McpAgentServi
 use mcp_common::proto::mcp_registration_service_client::McpRegistrationServiceClient;
 use mcp_common::proto::{self};
 use mcp_common::tls::{self, TlsFiles};
-use mcp_tests::TestMaster;
+use mcp_tests::{TestMaster, median};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -749,16 +749,6 @@ struct PsResult {
     median: f64,
     max: f64,
     node_list: f64,
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn timed(master: &TestMaster, args: &[&str]) -> f64 {
