@@ -371,8 +371,30 @@ fn orphans_and_concurrent_deploys() {
     assert_eq!(m.sql("select count(*) from placements where service = 'twice'"), "1");
     assert_eq!(f.placed().iter().filter(|(s, _)| s == "twice").count(), 1);
 
-    // Undeploy through the master removes the containers and the placement.
+    // Render and recover through the master.
     let node = f.node_of("twice").unwrap();
+    let script = f
+        .master
+        .mcp(&["render", "twice"])
+        .expect_code(0, "render")
+        .stdout
+        .clone();
+    assert!(script.contains("podman run -d --name twice-app"), "{script}");
+    f.master
+        .mcp(&["render", "nosuch"])
+        .expect_code(2, "render of an unknown service");
+    f.agent(&node)
+        .podman(&["rm", "-f", "-t", "0", "twice-app"])
+        .expect_code(0, "rm");
+    let r = f.master.mcp(&["--json", "agent", "recover", &node]);
+    r.expect_code(0, "recover through the master");
+    assert_eq!(r.json()["nodes"][0]["created"], 1, "{}", r.stdout);
+    assert!(f.agent(&node).inspect("twice-app", "{{.State.Running}}").as_deref() == Some("true"));
+    f.master
+        .mcp(&["agent", "recover", "nosuch"])
+        .expect_code(2, "unknown node");
+
+    // Undeploy through the master removes the containers and the placement.
     f.master.mcp(&["undeploy", "twice"]).expect_code(0, "undeploy");
     assert_eq!(
         f.master.sql("select count(*) from placements where service = 'twice'"),
