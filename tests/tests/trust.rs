@@ -523,7 +523,7 @@ fn every_rpc_by_every_identity() {
 
     // A master and an agent joined to it (so it trusts the fleet CA).
     let master = TestMaster::start("mx");
-    let mut agent = TestAgent::join(&master, mcptest, "mx-node", "worker");
+    let mut agent = TestAgent::join(&master, mcptest(), "mx-node", "worker");
     agent.run();
     wait_for("the agent to register", Duration::from_secs(20), || {
         master.node_status("mx-node").is_some()
@@ -1461,7 +1461,7 @@ fn certificates_renew_without_restart() {
 
     // The agent renews over IssueCertificate after a heartbeat, and its
     // listener serves the new certificate without a restart.
-    let mut agent = TestAgent::join(&master, mcptest, "renewa", "worker");
+    let mut agent = TestAgent::join(&master, mcptest(), "renewa", "worker");
     agent.run();
     wait_for("the agent to register", Duration::from_secs(20), || {
         master.node_status("renewa").is_some()
