@@ -508,21 +508,9 @@ impl Podman {
     /// JSON: podman reports states (e.g. `configured`, `stopped`) that a
     /// strictly typed Docker model rejects.
     pub async fn inspect(&self, name: &str) -> Result<Option<Observed>, PodmanError> {
-        let err = |reason: String| PodmanError::Container {
-            name: name.to_string(),
-            action: "inspect",
-            reason,
+        let Some(v) = self.inspect_raw(name).await? else {
+            return Ok(None);
         };
-        let (status, body) = self
-            .request("GET", &format!("/v1.41/containers/{name}/json"))
-            .await
-            .map_err(err)?;
-        match status {
-            200 => {}
-            404 => return Ok(None),
-            _ => return Err(err(format!("{} (HTTP {status})", api_message(&body)))),
-        }
-        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| err(e.to_string()))?;
         let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
         Ok(Some(Observed {
             id: text(&v["Id"]),
