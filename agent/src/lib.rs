@@ -5,6 +5,7 @@ pub mod http_client;
 pub mod link;
 pub mod mcns;
 pub mod metacrypt;
+pub mod metrics;
 pub mod node;
 pub mod ops;
 pub mod plan;
