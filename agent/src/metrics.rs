@@ -113,6 +113,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Always 1; labels carry the agent's node name and version",
         x.info.clone(),
     );
+    // Every result from the start, so `increase()` sees the first one.
+    for r in ["success", "unchanged", "failed", "rejected"] {
+        let _ = x.deploys.get_or_create(&labels(&[("result", r)]));
+    }
     Metrics { registry, ..x }
 });
 
@@ -149,7 +153,11 @@ pub fn event(service: &str, component: &str, kind: &str) {
     if let Some(what) = kind.strip_prefix("drift-") {
         METRICS
             .drift
-            .get_or_create(&labels(&[("service", service), ("component", component), ("kind", what)]))
+            .get_or_create(&labels(&[
+                ("service", service),
+                ("component", component),
+                ("kind", what),
+            ]))
             .inc();
     } else if kind == "flapping" {
         METRICS

@@ -100,7 +100,13 @@ async fn answer(mut tcp: TcpStream, render: Render) {
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
         if buf.len() > 8192 {
-            let _ = respond(&mut tcp, "431 Request Header Fields Too Large", "text/plain", "too large\n").await;
+            let _ = respond(
+                &mut tcp,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "too large\n",
+            )
+            .await;
             return;
         }
     }
@@ -111,7 +117,11 @@ async fn answer(mut tcp: TcpStream, render: Render) {
     let path = target.split('?').next().unwrap_or("");
     match (method, path) {
         ("GET" | "HEAD", "/metrics" | "/") => {
-            let body = if method == "HEAD" { String::new() } else { render().await };
+            let body = if method == "HEAD" {
+                String::new()
+            } else {
+                render().await
+            };
             let _ = respond(&mut tcp, "200 OK", CONTENT_TYPE, &body).await;
         }
         ("GET" | "HEAD", _) => {
@@ -158,7 +168,10 @@ mod tests {
         h.get_or_create(&labels(&[("step", "ports")])).observe(0.2);
         let text = encode(&reg);
         assert!(text.contains("# TYPE mcp_test_things_total counter"), "{text}");
-        assert!(text.contains(r#"mcp_test_things_total{result="a\"b\\c\nd"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"mcp_test_things_total{result="a\"b\\c\nd"} 1"#),
+            "{text}"
+        );
         assert!(
             text.contains(r#"mcp_test_step_duration_seconds_bucket{step="ports",le="0.25"} 1"#),
             "{text}"
@@ -167,7 +180,10 @@ mod tests {
             text.contains(r#"mcp_test_step_duration_seconds_bucket{step="ports",le="0.1"} 0"#),
             "{text}"
         );
-        assert!(text.contains(r#"mcp_test_step_duration_seconds_count{step="ports"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"mcp_test_step_duration_seconds_count{step="ports"} 1"#),
+            "{text}"
+        );
     }
 
     #[tokio::test]

@@ -87,6 +87,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Always 1; labels carry the master's version",
         x.info.clone(),
     );
+    // Every result from the start, so `increase()` sees the first one.
+    for r in ["success", "failed", "rejected"] {
+        let _ = x.deploys.get_or_create(&labels(&[("result", r)]));
+    }
     Metrics { registry, ..x }
 });
 
@@ -94,7 +98,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 /// agent (and the edge) reported, on success and on a failed step alike.
 pub fn deploy_finished(result: &Result<proto::FleetOperationResponse, FleetError>) {
     let (label, steps) = match result {
-        Ok(r) => ("success", r.result.as_ref().map(|o| o.steps.clone()).unwrap_or_default()),
+        Ok(r) => (
+            "success",
+            r.result.as_ref().map(|o| o.steps.clone()).unwrap_or_default(),
+        ),
         Err(FleetError::Invalid(_) | FleetError::Precondition(_) | FleetError::NotFound(_)) => ("rejected", Vec::new()),
         Err(FleetError::Agent { status, .. }) => (
             "failed",
