@@ -28,7 +28,11 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<u8> {
         );
     }
     match command {
-        Command::Validate { .. } => unreachable!("handled before connecting"),
+        Command::Validate { .. }
+        | Command::Build { .. }
+        | Command::Edit { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. } => unreachable!("handled before connecting"),
         Command::Deploy { target, node } => deploy(ctx, &target, node).await,
         Command::Undeploy { service, node } => {
             let (name, component) = split_target(&service)?;

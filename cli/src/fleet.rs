@@ -14,7 +14,11 @@ use crate::{Command, DnsCommand, EdgeCommand, NodeCommand, RouteCommand, UsageEr
 /// Runs one command through the master; returns the exit code.
 pub async fn run(ctx: &Ctx, command: Command) -> Result<u8> {
     match command {
-        Command::Validate { .. } => unreachable!("handled before connecting"),
+        Command::Validate { .. }
+        | Command::Build { .. }
+        | Command::Edit { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. } => unreachable!("handled before connecting"),
         Command::Deploy { target, node } => {
             if node.is_some() {
                 usage!("--node is for --direct mode; pin the service with `node = ...` in its definition");
