@@ -212,6 +212,54 @@ fn metrics_follow_deploys_dns_proxy_and_drift() {
         Some(1.0)
     );
 
+    // A deploy that fails at a step on the agent (the image does not exist):
+    // counted as failed on both sides, with the failed step's duration; the
+    // CLI's error names the request id, which master and agent logged.
+    master.define(
+        "obsfail",
+        &format!(
+            "name = \"obsfail\"\nnode = \"o1\"\n[[components]]\nname = \"web\"\nimage = \"{REGISTRY}/mcp-test/web:absent\"\n"
+        ),
+    );
+    let failed = master.mcp(&["deploy", "obsfail"]);
+    failed.expect_code(1, "deploy of a missing image");
+    let id = failed
+        .stderr
+        .split("(request ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .unwrap_or_else(|| panic!("no request id in the CLI error: {}", failed.stderr))
+        .to_string();
+    assert_eq!(id.len(), 16, "{id}");
+    assert!(master.log().contains(&id), "request {id} not in the master log");
+    assert!(agent.log().contains(&id), "request {id} not in the agent log");
+    let m_fail = scrape(master_metrics);
+    assert_eq!(
+        value(&m_fail, "mcp_master_deploys_total", &[("result", "failed")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        observations(
+            &m_fail,
+            "mcp_master_deploy_step_duration_seconds",
+            &[("step", "containers")]
+        ),
+        2.0
+    );
+    let a_fail = scrape(agent_metrics);
+    assert_eq!(
+        value(&a_fail, "mcp_agent_deploys_total", &[("result", "failed")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        observations(
+            &a_fail,
+            "mcp_agent_deploy_step_duration_seconds",
+            &[("step", "containers")]
+        ),
+        2.0
+    );
+
     // An unchanged redeploy counts as such on the agent.
     master.mcp(&["deploy", "obs"]).expect_code(0, "redeploy obs");
     let a2 = scrape(agent_metrics);
