@@ -182,12 +182,14 @@ async fn operate(ctx: &Ctx, node: &str, op: Op, name: &str, component: Option<St
         component: component.unwrap_or_default(),
         request_id: request_id(),
     };
+    let progress = ctx.out.progress(&format!("{} {name} on {node}", op_name(&op)));
     let result = match op {
         Op::Stop => client.stop_service(req).await,
         Op::Start => client.start_service(req).await,
         Op::Restart => client.restart_service(req).await,
         Op::Undeploy => client.undeploy_service(req).await,
     };
+    drop(progress);
     match result {
         Ok(resp) => Ok(ctx.out.operation(node, &resp.into_inner(), true)),
         Err(s) => Err(ctx.rpc_error(&format!("node {node}"), s)),
@@ -315,4 +317,14 @@ async fn route_list(ctx: &Ctx) -> Result<u8> {
     } else {
         0
     })
+}
+
+/// The command word of `op`, for progress messages.
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::Stop => "stopping",
+        Op::Start => "starting",
+        Op::Restart => "restarting",
+        Op::Undeploy => "undeploying",
+    }
 }

@@ -337,6 +337,21 @@ fn metrics_follow_deploys_dns_proxy_and_drift() {
     // The listener answers only /metrics; other paths get 404.
     assert!(http_get(agent_metrics, "/other", Duration::from_secs(1)).is_none());
     master.mcp(&["undeploy", "obs"]).expect_code(0, "undeploy obs");
+
+    // The node goes silent: the master counts it unhealthy.
+    agent.kill();
+    wait_for("o1 unhealthy in metrics", WAIT, || {
+        let s = scrape(master_metrics);
+        value(&s, "mcp_master_nodes", &[("status", "unhealthy")]) == Some(1.0)
+            && value(&s, "mcp_master_node_healthy", &[("node", "o1")]) == Some(0.0)
+    });
+    let age = value(
+        &scrape(master_metrics),
+        "mcp_master_node_heartbeat_age_seconds",
+        &[("node", "o1")],
+    )
+    .unwrap();
+    assert!(age >= 2.0, "heartbeat age {age} of a silent node");
 }
 
 #[test]
