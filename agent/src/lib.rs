@@ -8,6 +8,7 @@ pub mod http_client;
 pub mod link;
 pub mod mcns;
 pub mod metacrypt;
+pub mod metrics;
 pub mod monitor;
 pub mod node;
 pub mod ops;

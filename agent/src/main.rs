@@ -229,6 +229,7 @@ fn init(config: &Path, a: InitArgs) -> Result<()> {
             monitor: Default::default(),
             boot: Default::default(),
             metacrypt: None,
+            metrics: None,
         };
         let text = toml::to_string_pretty(&cfg)?;
         mcp_common::fsutil::write_atomic(config, text.as_bytes(), 0o600)?;
@@ -304,6 +305,7 @@ fn join(config: &Path, a: JoinArgs) -> Result<()> {
         monitor: Default::default(),
         boot: Default::default(),
         metacrypt: None,
+        metrics: None,
     };
     mcp_common::fsutil::write_atomic(config, toml::to_string_pretty(&cfg)?.as_bytes(), 0o600)?;
     println!("joined the fleet as agent-{}; wrote {}", token.node, config.display());
@@ -342,6 +344,7 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
         .with_context(|| format!("listen on {}", cfg.agent.listen))?;
     let platform = platform(&cfg)?;
     let agent = Arc::new(Agent::new(cfg.clone(), registry, podman, version, platform));
+    mcp_agent::metrics::start(&agent).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let link = tokio::spawn(mcp_agent::link::run(agent.clone(), cert_store, stop_rx.clone()));
     if let Err(e) = agent.repair_interrupted().await {

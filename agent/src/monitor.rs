@@ -88,6 +88,8 @@ pub struct Watch {
     next_repair: u64,
     /// Unix seconds since when the container has been in sync.
     in_sync_since: u64,
+    /// Restarts seen by the last observation.
+    pub new_restarts: u32,
 }
 
 /// Something the monitor reports: an event, and maybe an alert.
@@ -126,6 +128,7 @@ impl Watch {
             for _ in 0..n {
                 self.restarts.push_back(now);
             }
+            self.new_restarts = n;
         }
         while self
             .restarts
@@ -291,8 +294,12 @@ pub async fn pass(agent: &Arc<Agent>) {
             let (signals, repair) = {
                 let mut inner = agent.monitor.inner.lock().unwrap_or_else(|p| p.into_inner());
                 let w = inner.watch.entry(c.spec.name.clone()).or_default();
+                w.new_restarts = 0;
                 let signals = w.observe(now(), seen.as_ref(), drift.as_ref(), cfg);
                 let repair = cfg.auto_repair && w.repair_due(now(), cfg);
+                if w.new_restarts > 0 {
+                    crate::metrics::container_restarts(name, &c.name, w.new_restarts.into());
+                }
                 (signals, repair)
             };
             for s in signals {

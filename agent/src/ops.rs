@@ -231,6 +231,12 @@ impl Agent {
 
     /// Runs the deploy pipeline for `def` (all components, or `only`).
     pub async fn deploy(&self, def: ServiceDef, only: Option<String>) -> Result<Outcome, OpError> {
+        let result = self.deploy_pipeline(def, only).await;
+        crate::metrics::deploy_finished(&result);
+        result
+    }
+
+    async fn deploy_pipeline(&self, def: ServiceDef, only: Option<String>) -> Result<Outcome, OpError> {
         let begun = Instant::now();
         service::check("deploy request", &def).map_err(|e| OpError::Invalid(e.to_string()))?;
         if let Some(node) = &def.node

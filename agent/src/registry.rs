@@ -403,6 +403,7 @@ impl Registry {
     /// Appends an event.
     pub fn event(&self, service: &str, component: &str, kind: &str, message: &str) -> Result<()> {
         insert_event(&self.conn(), service, component, kind, message)?;
+        crate::metrics::event(service, component, kind);
         Ok(())
     }
 

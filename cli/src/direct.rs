@@ -28,9 +28,14 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<u8> {
         );
     }
     match command {
-        Command::Validate { .. } | Command::Agent(_) | Command::Render { .. } | Command::Adopt { .. } => {
-            unreachable!("handled before")
-        }
+        Command::Validate { .. }
+        | Command::Build { .. }
+        | Command::Edit { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. }
+        | Command::Agent(_)
+        | Command::Render { .. }
+        | Command::Adopt { .. } => unreachable!("handled before"),
         Command::Deploy { target, node } => deploy(ctx, &target, node).await,
         Command::Undeploy { service, node } => {
             let (name, component) = split_target(&service)?;
@@ -180,12 +185,14 @@ async fn operate(ctx: &Ctx, node: &str, op: Op, name: &str, component: Option<St
         component: component.unwrap_or_default(),
         request_id: request_id(),
     };
+    let progress = ctx.out.progress(&format!("{} {name} on {node}", op_name(&op)));
     let result = match op {
         Op::Stop => client.stop_service(req).await,
         Op::Start => client.start_service(req).await,
         Op::Restart => client.restart_service(req).await,
         Op::Undeploy => client.undeploy_service(req).await,
     };
+    drop(progress);
     match result {
         Ok(resp) => Ok(ctx.out.operation(node, &resp.into_inner(), true)),
         Err(s) => Err(ctx.rpc_error(&format!("node {node}"), s)),
@@ -313,4 +320,14 @@ async fn route_list(ctx: &Ctx) -> Result<u8> {
     } else {
         0
     })
+}
+
+/// The command word of `op`, for progress messages.
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::Stop => "stopping",
+        Op::Start => "starting",
+        Op::Restart => "restarting",
+        Op::Undeploy => "undeploying",
+    }
 }

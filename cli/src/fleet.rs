@@ -14,9 +14,14 @@ use crate::{Command, DnsCommand, EdgeCommand, NodeCommand, RouteCommand, UsageEr
 /// Runs one command through the master; returns the exit code.
 pub async fn run(ctx: &Ctx, command: Command) -> Result<u8> {
     match command {
-        Command::Validate { .. } | Command::Agent(_) | Command::Render { .. } | Command::Adopt { .. } => {
-            unreachable!("handled before")
-        }
+        Command::Validate { .. }
+        | Command::Build { .. }
+        | Command::Edit { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. }
+        | Command::Agent(_)
+        | Command::Render { .. }
+        | Command::Adopt { .. } => unreachable!("handled before"),
         Command::Deploy { target, node } => {
             if node.is_some() {
                 usage!("--node is for --direct mode; pin the service with `node = ...` in its definition");
@@ -129,12 +134,14 @@ async fn operate(ctx: &Ctx, op: &str, name: &str, component: Option<String>) -> 
         component: component.unwrap_or_default(),
         request_id: request_id(),
     };
+    let progress = ctx.out.progress(&format!("{op} {name}"));
     let result = match op {
         "stop" => client.stop_service(req).await,
         "start" => client.start_service(req).await,
         "restart" => client.restart_service(req).await,
         _ => client.undeploy_service(req).await,
     };
+    drop(progress);
     match result {
         Ok(r) => Ok(ctx.out.fleet_operation(&r.into_inner())),
         Err(s) => Err(ctx.rpc_error("master", s)),
@@ -222,6 +229,7 @@ async fn sync(ctx: &Ctx, dry_run: bool) -> Result<u8> {
         ))));
     }
     let mut client = ctx.master(DEPLOY_TIMEOUT * 4).await?;
+    let _progress = ctx.out.progress(if dry_run { "planning sync" } else { "syncing" });
     let resp = client
         .sync(proto::SyncRequest {
             services: defs.iter().map(proto::ServiceSpec::from).collect(),

@@ -1,11 +1,14 @@
 //! `mcp`: the operator's command-line interface.
 
+mod build;
 mod conn;
 mod defs;
 mod direct;
+mod edit;
 mod fleet;
 mod output;
 mod resilience;
+mod tools;
 
 use std::path::PathBuf;
 
@@ -134,25 +137,23 @@ pub enum Command {
         dry_run: bool,
     },
     /// Nodes of the fleet.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "Examples:\n  mcp node list\n  mcp node add hyperborea")]
     Node(NodeCommand),
     /// Records of the internal zone (through the master).
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "Example:\n  mcp dns list")]
     Dns(DnsCommand),
     /// Proxy routes of every node, grouped by listener.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "Example:\n  mcp route list")]
     Route(RouteCommand),
     /// Public routes on edge nodes (through the master).
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "Examples:\n  mcp edge list\n  mcp edge status")]
     Edge(EdgeCommand),
     /// Node agents: recovery.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "Examples:\n  mcp agent recover rift\n  mcp agent recover")]
     Agent(AgentCommand),
     /// Print the `podman run` commands that reproduce a service from its
     /// node's registry (the manual fallback; paste them as the podman user).
-    #[command(after_help = "Examples:
-  mcp render web
-  mcp --direct render web > web.sh && sudo -u mcp sh web.sh")]
+    #[command(after_help = "Examples:\n  mcp render web\n  mcp --direct render web > web.sh && sudo -u mcp sh web.sh")]
     Render {
         service: String,
         #[arg(long)]
@@ -160,13 +161,38 @@ pub enum Command {
     },
     /// Take over running containers named <service> or <service>-<component>
     /// that the node's registry does not know (talks to the agent directly).
-    #[command(after_help = "Example:
-  mcp --direct adopt legacy --node rift")]
+    #[command(after_help = "Example:\n  mcp --direct adopt legacy --node rift")]
     Adopt {
         service: String,
         #[arg(long)]
         node: Option<String>,
     },
+    /// Build the [build.images] of a service with podman, tagged as its
+    /// components' images, and push them to their registry.
+    #[command(
+        after_help = "Examples:\n  mcp build web\n  mcp build web --no-push   # build only\n  mcp --json build ./web.toml"
+    )]
+    Build {
+        /// Service name in the services dir, or a path to a .toml file.
+        service: String,
+        /// Build only; do not push.
+        #[arg(long)]
+        no_push: bool,
+    },
+    /// Edit a service definition in $VISUAL/$EDITOR; saved only when valid.
+    #[command(after_help = "Examples:\n  mcp edit web\n  EDITOR=nano mcp edit web")]
+    Edit {
+        /// Service name in the services dir (a new file is started from a template).
+        service: String,
+    },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  mcp completions bash > /etc/bash_completion.d/mcp\n  mcp completions zsh > \"${fpath[1]}/_mcp\"\n  mcp completions fish > ~/.config/fish/completions/mcp.fish"
+    )]
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages (mcp.1 and one per subcommand) to a directory.
+    #[command(after_help = "Example:\n  mcp man /usr/local/share/man/man1")]
+    Man { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -174,10 +200,9 @@ pub enum AgentCommand {
     /// Recreate every container from the registry (after podman lost them,
     /// e.g. `podman system reset`), following the boot sequence, then
     /// re-apply routes and DNS. Idempotent. All nodes when none is named.
-    #[command(after_help = "Examples:
-  mcp agent recover rift
-  mcp agent recover
-  mcp --direct agent recover rift")]
+    #[command(
+        after_help = "Examples:\n  mcp agent recover rift\n  mcp agent recover\n  mcp --direct agent recover rift"
+    )]
     Recover { node: Option<String> },
 }
 
@@ -225,14 +250,19 @@ pub enum NodeCommand {
 /// Loads the configuration and runs the command in the right mode.
 async fn run(cli: Cli) -> anyhow::Result<u8> {
     let out = output::Out { json: cli.json };
-    if let Command::Validate { paths } = &cli.command {
-        return defs::validate(paths, &out);
+    match &cli.command {
+        Command::Validate { paths } => return defs::validate(paths, &out),
+        Command::Completions { shell } => return tools::completions(*shell),
+        Command::Man { dir } => return tools::man(dir),
+        _ => {}
     }
     let (path, explicit) = conn::config_path(cli.config.as_deref());
     let cfg = mcp_common::config::CliConfig::load(&path, explicit).map_err(|e| UsageError(e.to_string()))?;
     let direct = cli.direct || cfg.master.is_none();
     let ctx = conn::Ctx { cfg, path, out };
     match cli.command {
+        Command::Build { service, no_push } => build::build(&ctx, &service, !no_push),
+        Command::Edit { service } => edit::edit(&ctx, &service),
         Command::Agent(AgentCommand::Recover { node }) => resilience::recover(&ctx, direct, node).await,
         Command::Render { service, node } => resilience::render(&ctx, direct, &service, node).await,
         Command::Adopt { service, node } => resilience::adopt(&ctx, &service, node).await,
@@ -258,8 +288,35 @@ fn main() -> std::process::ExitCode {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             let usage = e.downcast_ref::<UsageError>().is_some();
-            eprintln!("error: {e:#}");
+            let label = if output::color_stderr() {
+                "\x1b[1;31merror\x1b[0m"
+            } else {
+                "error"
+            };
+            eprintln!("{label}: {e:#}");
             std::process::ExitCode::from(if usage { 2 } else { 1 })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command and subcommand shows examples in its --help.
+    #[test]
+    fn every_command_has_examples() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let has = cmd.get_after_help().is_some_and(|h| h.to_string().contains("Example"));
+            if !has {
+                missing.push(path.to_string());
+            }
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "mcp", &mut missing);
+        assert!(missing.is_empty(), "commands without examples in --help: {missing:?}");
     }
 }

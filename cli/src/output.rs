@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 
-use comfy_table::{Table, presets};
+use comfy_table::{Cell, Color, Table, presets};
 use mcp_common::config::NodeRef;
 use mcp_common::proto;
 use serde_json::{Value, json};
@@ -20,8 +20,35 @@ pub fn print_json(v: &Value) {
     );
 }
 
+/// Whether to colour output: stdout is a terminal and `NO_COLOR` is unset
+/// or empty (<https://no-color.org>).
+pub fn color() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Whether to colour what goes to stderr (same rules, for stderr).
+pub fn color_stderr() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// A table cell for a state word, coloured by meaning when colour is on.
+fn state_cell(text: &str) -> Cell {
+    let cell = Cell::new(text);
+    match text {
+        "ok" | "healthy" | "reachable" | "running" | "deployed" => cell.fg(Color::Green),
+        "FAILED" | "failed" | "unhealthy" | "unreachable" | "exited" | "missing" | "unknown" => cell.fg(Color::Red),
+        "skipped" | "stopped" | "deploying" | "created" => cell.fg(Color::Yellow),
+        _ => cell,
+    }
+}
+
 pub(crate) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
+    if color() {
+        t.enforce_styling();
+    } else {
+        t.force_no_tty();
+    }
     t.load_style(presets::NOTHING);
     t.set_header(header.iter().map(|h| h.to_string()));
     t
@@ -119,28 +146,37 @@ fn service_json(s: &proto::ServiceInfo) -> Value {
     })
 }
 
-/// Removes itself from the terminal when dropped.
+/// A spinner with the elapsed time on stderr; removes itself when dropped.
 pub struct Progress {
-    shown: bool,
+    bar: indicatif::ProgressBar,
 }
 
 impl Drop for Progress {
     fn drop(&mut self) {
-        if self.shown {
-            eprint!("\r\x1b[2K");
-        }
+        self.bar.finish_and_clear();
     }
 }
 
 impl Out {
-    /// A one-line note of long work on a terminal (nothing with --json or
-    /// when stderr is not a terminal).
+    /// A spinner for long work (deploys, which include image pulls and
+    /// upgrades) on a terminal; hidden with --json or when stderr is not a
+    /// terminal.
     pub fn progress(&self, msg: &str) -> Progress {
-        let shown = !self.json && std::io::stderr().is_terminal();
-        if shown {
-            eprint!("{msg}…");
-        }
-        Progress { shown }
+        use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+        let bar = if !self.json && std::io::stderr().is_terminal() {
+            ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+        } else {
+            ProgressBar::hidden()
+        };
+        let template = if color_stderr() {
+            "{spinner:.cyan} {msg} {elapsed:.dim}"
+        } else {
+            "{spinner} {msg} {elapsed}"
+        };
+        bar.set_style(ProgressStyle::with_template(template).expect("a valid template"));
+        bar.set_message(msg.to_string());
+        bar.enable_steady_tick(std::time::Duration::from_millis(100));
+        Progress { bar }
     }
 
     /// Per-step results of an operation; returns the exit code (1 when a
@@ -175,10 +211,10 @@ impl Out {
             };
             let detail = if s.success { s.detail.clone() } else { s.error.clone() };
             t.add_row(vec![
-                s.step.clone(),
-                result.into(),
-                format!("{}ms", s.duration_ms),
-                detail,
+                Cell::new(&s.step),
+                state_cell(result),
+                Cell::new(format!("{}ms", s.duration_ms)),
+                Cell::new(detail),
             ]);
         }
         let print = |line: String| {
@@ -500,14 +536,14 @@ impl Out {
         ]);
         for n in nodes {
             t.add_row(vec![
-                n.name.clone(),
-                n.address.clone(),
-                n.version.clone(),
-                n.status.clone(),
-                n.role.clone(),
-                n.arch.clone(),
-                format!("{} ago", age(n.last_seen)),
-                n.containers.to_string(),
+                Cell::new(&n.name),
+                Cell::new(&n.address),
+                Cell::new(&n.version),
+                state_cell(&n.status),
+                Cell::new(&n.role),
+                Cell::new(&n.arch),
+                Cell::new(format!("{} ago", age(n.last_seen))),
+                Cell::new(n.containers),
             ]);
         }
         print_table(&t);
@@ -647,24 +683,24 @@ impl Out {
             let addr = n.address.list().join(",");
             match r {
                 Ok(s) => t.add_row(vec![
-                    n.name.clone(),
-                    addr,
-                    s.version.clone(),
-                    "reachable".into(),
-                    s.arch.clone(),
-                    duration(s.uptime_seconds),
-                    format!("{}/{}", s.containers_running, s.containers),
-                    s.podman_version.clone(),
+                    Cell::new(&n.name),
+                    Cell::new(addr),
+                    Cell::new(&s.version),
+                    state_cell("reachable"),
+                    Cell::new(&s.arch),
+                    Cell::new(duration(s.uptime_seconds)),
+                    Cell::new(format!("{}/{}", s.containers_running, s.containers)),
+                    Cell::new(&s.podman_version),
                 ]),
                 Err(_) => t.add_row(vec![
-                    n.name.clone(),
-                    addr,
-                    "-".into(),
-                    "unreachable".into(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
+                    Cell::new(&n.name),
+                    Cell::new(addr),
+                    Cell::new("-"),
+                    state_cell("unreachable"),
+                    Cell::new("-"),
+                    Cell::new("-"),
+                    Cell::new("-"),
+                    Cell::new("-"),
                 ]),
             };
         }

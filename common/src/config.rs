@@ -93,6 +93,19 @@ pub struct AgentConfig {
     pub monitor: MonitorSection,
     #[serde(default)]
     pub boot: BootSection,
+    /// Prometheus `/metrics` listener; absent: no metrics listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsSection>,
+}
+
+/// `[metrics]`: the Prometheus `/metrics` listener of a daemon (agent or
+/// master). Plain HTTP without authentication, so it is off unless this
+/// section is present, and belongs on loopback or a management network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Address of the listener, e.g. `127.0.0.1:9464`.
+    pub listen: SocketAddr,
 }
 
 /// `[network]`: certificates and DNS names of services.
@@ -733,6 +746,9 @@ pub struct MasterConfig {
     /// The internal zone the master serves.
     #[serde(default)]
     pub dns: DnsSection,
+    /// Prometheus `/metrics` listener; absent: no metrics listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsSection>,
 }
 
 /// `[dns]` of the master: the internal zone, served authoritatively.
@@ -1271,6 +1287,9 @@ mod tests {
                     health: Some("grpc".into()),
                 }],
             },
+            metrics: Some(MetricsSection {
+                listen: "127.0.0.1:9464".parse().unwrap(),
+            }),
         };
         let master = MasterConfig {
             master: MasterSection {
@@ -1302,6 +1321,9 @@ mod tests {
                 admin: "hostmaster.example.net".into(),
                 ..Default::default()
             },
+            metrics: Some(MetricsSection {
+                listen: "127.0.0.1:9465".parse().unwrap(),
+            }),
         };
         let cli = CliConfig {
             master: Some(MasterRef { address: "m:1".into() }),

@@ -20,6 +20,7 @@ pub mod identity;
 pub mod join;
 pub mod logging;
 pub mod mcias;
+pub mod metrics;
 pub mod pki;
 pub mod placement;
 pub mod service;

@@ -14,6 +14,8 @@ packages=(
     busybox-static                                           # example and test images
     openssl sqlite3 curl procps iproute2 file                # tools the scripts and tests use
     bind9-dnsutils                                           # dig, for the DNS tests
+    prometheus                                               # promtool: alert rules and /metrics lint in tests
+    tmux                                                     # a real terminal for the CLI's TTY tests
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -29,6 +31,10 @@ fi
 # tests run their own on loopback, so keep the packaged one off.
 if [[ -d /run/systemd/system ]] && systemctl is-enabled docker-registry >/dev/null 2>&1; then
     systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi
+# Only promtool is needed from the prometheus package: keep its server off.
+if [[ -d /run/systemd/system ]] && systemctl is-enabled prometheus >/dev/null 2>&1; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 command -v cargo >/dev/null || { echo "$PROG: cargo not found: install a Rust toolchain (rustup) first" >&2; exit 1; }
 log "ok"

@@ -551,6 +551,17 @@ impl Master {
         component: String,
         request_id: String,
     ) -> Result<proto::FleetOperationResponse> {
+        let result = self.deploy_placed(def, component, request_id).await;
+        crate::metrics::deploy_finished(&result);
+        result
+    }
+
+    async fn deploy_placed(
+        &self,
+        def: ServiceDef,
+        component: String,
+        request_id: String,
+    ) -> Result<proto::FleetOperationResponse> {
         service::check("deploy request", &def).map_err(|e| FleetError::Invalid(e.to_string()))?;
         if !component.is_empty() && def.component(&component).is_none() {
             return Err(FleetError::Invalid(format!(

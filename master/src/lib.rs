@@ -4,4 +4,5 @@
 pub mod db;
 pub mod dns;
 pub mod fleet;
+pub mod metrics;
 pub mod server;

@@ -152,6 +152,7 @@ fn init(config: &Path, a: InitArgs) -> Result<()> {
             log: LogSection::default(),
             mcias: None,
             dns: Default::default(),
+            metrics: None,
         };
         mcp_common::fsutil::write_atomic(config, toml::to_string_pretty(&cfg)?.as_bytes(), 0o600)?;
         println!("wrote {}", config.display());
@@ -193,6 +194,7 @@ async fn serve(cfg: MasterConfig) -> Result<()> {
         None => AuthzLayer::new(),
     };
     let master = Arc::new(Master::new(cfg.clone(), db, ca)?);
+    mcp_master::metrics::start(&master).await?;
 
     // Reconcile before serving, so the first answers reflect the fleet.
     let report = master.reconcile().await?;

@@ -240,6 +240,7 @@ async fn connection(
         tracing::debug!(port, %peer, sni, "no route for server name; closing");
         return;
     };
+    crate::metrics::proxy_connection(&route.hostname, if route.mode == Mode::L4 { "l4" } else { "l7" });
     match route.mode {
         Mode::L4 => l4(&shared, &route, tcp, bytes).await,
         Mode::L7 => l7(shared.clone(), port, &route, tcp, peer, bytes, deadline, permit).await,

@@ -51,8 +51,22 @@ pub(crate) struct L7Conn {
     pub(crate) _permit: Option<OwnedSemaphorePermit>,
 }
 
-/// Serves one request of an L7 connection.
-pub(crate) async fn handle(conn: Arc<L7Conn>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+/// Serves one request of an L7 connection, counting it by route and status.
+pub(crate) async fn handle(conn: Arc<L7Conn>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let mut route = String::new();
+    let resp = forward(conn, req, &mut route).await;
+    if let Ok(r) = &resp {
+        crate::metrics::proxy_request(&route, r.status().as_u16());
+    }
+    resp
+}
+
+/// Routes and forwards one request; `route_name` gets the matched route's hostname.
+async fn forward(
+    conn: Arc<L7Conn>,
+    mut req: Request<Incoming>,
+    route_name: &mut String,
+) -> Result<Response<Body>, Infallible> {
     let Some(authority) = request_authority(&req) else {
         return Ok(local(StatusCode::BAD_REQUEST, "missing host\n"));
     };
@@ -70,6 +84,7 @@ pub(crate) async fn handle(conn: Arc<L7Conn>, mut req: Request<Incoming>) -> Res
         );
         return Ok(local(StatusCode::MISDIRECTED_REQUEST, "misdirected request\n"));
     };
+    route_name.clone_from(&route.hostname);
     let upgrade = wants_upgrade(req.headers(), req.version());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();

@@ -113,6 +113,7 @@ impl RequestHandler for Handler {
                 response.send_response(message).await
             }
         };
+        crate::metrics::dns_query(rcode_name(metadata.response_code));
         match sent {
             Ok(info) => info,
             Err(e) => {
@@ -124,6 +125,20 @@ impl RequestHandler for Handler {
                 })
             }
         }
+    }
+}
+
+/// The usual mnemonic of a response code, for the query counter.
+fn rcode_name(rcode: ResponseCode) -> &'static str {
+    match rcode {
+        ResponseCode::NoError => "NOERROR",
+        ResponseCode::FormErr => "FORMERR",
+        ResponseCode::ServFail => "SERVFAIL",
+        ResponseCode::NXDomain => "NXDOMAIN",
+        ResponseCode::NotImp => "NOTIMP",
+        ResponseCode::Refused => "REFUSED",
+        ResponseCode::BADVERS => "BADVERS",
+        _ => "OTHER",
     }
 }
 

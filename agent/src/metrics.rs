@@ -1,0 +1,297 @@
+//! The agent's Prometheus metrics (`mcp_agent_…`), served on `[metrics] listen`.
+//!
+//! Counters are bumped where things happen (deploys in `ops`, events in
+//! `registry`, proxy connections and requests in `proxy`); gauges that
+//! describe the present (certificate expiry, disk, containers up) are
+//! computed at scrape time.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, LazyLock};
+
+use mcp_common::metrics::{self as m, CounterFamily, GaugeF64, GaugeFamily, HistogramFamily, Registry, labels};
+
+use crate::ops::{Agent, OpError, Outcome};
+use crate::registry::Desired;
+
+struct Metrics {
+    registry: Registry,
+    deploys: CounterFamily,
+    step_duration: HistogramFamily,
+    restarts: CounterFamily,
+    drift: CounterFamily,
+    flaps: CounterFamily,
+    repairs: CounterFamily,
+    proxy_connections: CounterFamily,
+    proxy_requests: CounterFamily,
+    cert_expiry: GaugeFamily,
+    container_up: GaugeFamily,
+    disk_total: GaugeF64,
+    disk_available: GaugeF64,
+    info: GaugeFamily,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let mut registry = Registry::default();
+    let x = Metrics {
+        deploys: Default::default(),
+        step_duration: m::seconds_histogram_family(),
+        restarts: Default::default(),
+        drift: Default::default(),
+        flaps: Default::default(),
+        repairs: Default::default(),
+        proxy_connections: Default::default(),
+        proxy_requests: Default::default(),
+        cert_expiry: Default::default(),
+        container_up: Default::default(),
+        disk_total: Default::default(),
+        disk_available: Default::default(),
+        info: Default::default(),
+        registry: Registry::default(),
+    };
+    registry.register(
+        "mcp_agent_deploys",
+        "Deploys run by this agent, by result (success, unchanged, failed, rejected)",
+        x.deploys.clone(),
+    );
+    registry.register(
+        "mcp_agent_deploy_step_duration_seconds",
+        "Duration of the deploy pipeline's steps that ran (not skipped), by step",
+        x.step_duration.clone(),
+    );
+    registry.register(
+        "mcp_agent_container_restarts",
+        "Containers restarted by the agent's monitor, by service and component",
+        x.restarts.clone(),
+    );
+    registry.register(
+        "mcp_agent_drift_events",
+        "Drift detected between the registry and podman, by service, component and kind (missing, exited, image, ports)",
+        x.drift.clone(),
+    );
+    registry.register(
+        "mcp_agent_flap_events",
+        "Components found flapping (restarting too often), by service and component",
+        x.flaps.clone(),
+    );
+    registry.register(
+        "mcp_agent_repairs",
+        "Repairs of drifted components, by service and component",
+        x.repairs.clone(),
+    );
+    registry.register(
+        "mcp_agent_proxy_connections",
+        "Connections accepted by the built-in proxy for a route, by route hostname and mode (l4, l7)",
+        x.proxy_connections.clone(),
+    );
+    registry.register(
+        "mcp_agent_proxy_requests",
+        "HTTP requests answered by the built-in proxy's L7 routes, by route hostname (empty: no route) and status code",
+        x.proxy_requests.clone(),
+    );
+    registry.register(
+        "mcp_agent_cert_expiry_seconds",
+        "Seconds until a certificate expires (negative: expired), by kind (service, agent) and name",
+        x.cert_expiry.clone(),
+    );
+    registry.register(
+        "mcp_agent_container_up",
+        "1 when a component that should run is running, else 0, by service and component",
+        x.container_up.clone(),
+    );
+    registry.register(
+        "mcp_agent_disk_total_bytes",
+        "Size of the filesystem holding the agent's data directory",
+        x.disk_total.clone(),
+    );
+    registry.register(
+        "mcp_agent_disk_available_bytes",
+        "Bytes available to the agent on the filesystem holding its data directory",
+        x.disk_available.clone(),
+    );
+    registry.register(
+        "mcp_agent_build_info",
+        "Always 1; labels carry the agent's node name and version",
+        x.info.clone(),
+    );
+    // Every result from the start, so `increase()` sees the first one.
+    for r in ["success", "unchanged", "failed", "rejected"] {
+        let _ = x.deploys.get_or_create(&labels(&[("result", r)]));
+    }
+    Metrics { registry, ..x }
+});
+
+/// Counts a finished deploy and observes the durations of its steps.
+pub fn deploy_finished(result: &Result<Outcome, OpError>) {
+    let (label, outcome) = match result {
+        Ok(o) if o.changed => ("success", Some(o)),
+        Ok(o) => ("unchanged", Some(o)),
+        Err(OpError::StepFailed { outcome, .. } | OpError::PortsExhausted { outcome, .. }) => ("failed", Some(outcome)),
+        Err(OpError::Invalid(_) | OpError::Conflict(_) | OpError::NotFound(_)) => ("rejected", None),
+        Err(_) => ("failed", None),
+    };
+    METRICS.deploys.get_or_create(&labels(&[("result", label)])).inc();
+    for s in outcome.iter().flat_map(|o| &o.steps).filter(|s| !s.skipped) {
+        METRICS
+            .step_duration
+            .get_or_create(&labels(&[("step", s.name)]))
+            .observe(s.duration_ms as f64 / 1000.0);
+    }
+}
+
+/// Counts `n` restarts of a component's container (called by the monitor
+/// when it restarts a container, or when podman reports restarts).
+pub fn container_restarts(service: &str, component: &str, n: u64) {
+    METRICS
+        .restarts
+        .get_or_create(&labels(&[("service", service), ("component", component)]))
+        .inc_by(n);
+}
+
+/// Counts a recorded event by its kind: `drift-<what>` → drift events,
+/// `flapping` → flap events, `repaired` → repairs; other kinds are not counted.
+pub fn event(service: &str, component: &str, kind: &str) {
+    if let Some(what) = kind.strip_prefix("drift-") {
+        METRICS
+            .drift
+            .get_or_create(&labels(&[
+                ("service", service),
+                ("component", component),
+                ("kind", what),
+            ]))
+            .inc();
+    } else if kind == "flapping" {
+        METRICS
+            .flaps
+            .get_or_create(&labels(&[("service", service), ("component", component)]))
+            .inc();
+    } else if kind == "repaired" {
+        METRICS
+            .repairs
+            .get_or_create(&labels(&[("service", service), ("component", component)]))
+            .inc();
+    }
+}
+
+/// Counts a proxy connection that matched a route.
+pub fn proxy_connection(route: &str, mode: &str) {
+    METRICS
+        .proxy_connections
+        .get_or_create(&labels(&[("route", route), ("mode", mode)]))
+        .inc();
+}
+
+/// Counts an HTTP request answered by the L7 proxy (`route` empty when no
+/// route matched: the label set stays bounded by the configured routes).
+pub fn proxy_request(route: &str, status: u16) {
+    METRICS
+        .proxy_requests
+        .get_or_create(&labels(&[("route", route), ("status", &status.to_string())]))
+        .inc();
+}
+
+/// Refreshes the scrape-time gauges and encodes everything.
+pub async fn render(agent: &Agent) -> String {
+    let x = &*METRICS;
+    x.info
+        .get_or_create(&labels(&[
+            ("node", agent.name()),
+            ("version", mcp_common::VERSION),
+            ("commit", mcp_common::GIT_COMMIT),
+        ]))
+        .set(1.0);
+    // Certificates: the agent's own and every service certificate.
+    x.cert_expiry.clear();
+    if let Some(s) = std::fs::read_to_string(&agent.cfg.tls.cert)
+        .ok()
+        .and_then(|p| mcp_common::pki::seconds_until_expiry(&p))
+    {
+        x.cert_expiry
+            .get_or_create(&labels(&[("kind", "agent"), ("name", agent.name())]))
+            .set(s as f64);
+    }
+    if let Ok(dir) = std::fs::read_dir(agent.cfg.certs_dir()) {
+        for e in dir.flatten() {
+            let path = e.path();
+            if path.extension().is_none_or(|x| x != "pem") {
+                continue;
+            }
+            let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            if let Some(s) = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|p| mcp_common::pki::seconds_until_expiry(&p))
+            {
+                x.cert_expiry
+                    .get_or_create(&labels(&[("kind", "service"), ("name", name)]))
+                    .set(s as f64);
+            }
+        }
+    }
+    let (total, available) = crate::node::disk(&agent.cfg.agent.data_dir);
+    x.disk_total.set(total as f64);
+    x.disk_available.set(available as f64);
+    // Components that should run: are they running? (Unreadable state
+    // leaves the previous values rather than claiming everything is down.)
+    if let (Ok(records), Ok(listed)) = (agent.registry.services(), agent.podman.list_managed().await) {
+        x.container_up.clear();
+        for r in records {
+            for c in r.components.iter().filter(|c| c.desired == Desired::Running) {
+                let up = listed.get(&c.spec.name).is_some_and(|o| o.running());
+                x.container_up
+                    .get_or_create(&labels(&[("service", &r.def.name), ("component", &c.name)]))
+                    .set(if up { 1.0 } else { 0.0 });
+            }
+        }
+    }
+    m::encode(&x.registry)
+}
+
+/// Starts the metrics listener when `[metrics]` is configured.
+pub async fn start(agent: &Arc<Agent>) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(cfg) = &agent.cfg.metrics else {
+        return Ok(None);
+    };
+    let a = agent.clone();
+    let render: m::Render = Arc::new(move || {
+        let a = a.clone();
+        Box::pin(async move { render(&a).await })
+    });
+    let addr = m::start(cfg.listen, render)
+        .await
+        .map_err(|e| anyhow::anyhow!("metrics.listen {}: {e}", cfg.listen))?;
+    Ok(Some(addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_count_by_kind_prefix() {
+        event("svc-ev", "web", "drift-exited");
+        event("svc-ev", "web", "drift-exited");
+        event("svc-ev", "web", "flapping");
+        event("svc-ev", "web", "repaired");
+        event("svc-ev", "web", "deploy");
+        container_restarts("svc-ev", "web", 3);
+        let text = m::encode(&METRICS.registry);
+        assert!(
+            text.contains(r#"mcp_agent_drift_events_total{service="svc-ev",component="web",kind="exited"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"mcp_agent_flap_events_total{service="svc-ev",component="web"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"mcp_agent_repairs_total{service="svc-ev",component="web"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"mcp_agent_container_restarts_total{service="svc-ev",component="web"} 3"#),
+            "{text}"
+        );
+        assert!(!text.contains(r#"kind="deploy""#), "{text}");
+    }
+}
