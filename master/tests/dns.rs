@@ -481,10 +481,16 @@ async fn malformed_udp_does_not_stop_the_server() {
     huge.extend(noise.bytes(60_000));
     sock.send_to(&huge, server).await.expect("send an oversized datagram");
 
-    // The well-formed query still gets its answer.
-    let answer = udp_exchange(server, &query(0x1009, 0, &[(&web, A, IN)]))
-        .await
-        .expect("an answer");
+    // The well-formed query still gets its answer (retried like any UDP
+    // resolver does: the garbage may still be queued on a loaded machine).
+    let mut answer = None;
+    for _ in 0..6 {
+        answer = udp_exchange(server, &query(0x1009, 0, &[(&web, A, IN)])).await;
+        if answer.is_some() {
+            break;
+        }
+    }
+    let answer = answer.expect("an answer");
     assert_eq!(header_of(&answer), (0x1009, true, 0));
     dns.assert_serving().await;
     dns.stop().await;
