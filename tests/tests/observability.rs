@@ -103,6 +103,9 @@ fn metrics_follow_deploys_dns_proxy_and_drift() {
         proxy.insert("listeners".into(), vec![toml::Value::from(l)].into());
         c.insert("proxy".into(), proxy.into());
         c.insert("metrics".into(), metrics_section(agent_metrics));
+        let mut monitor = toml::Table::new();
+        monitor.insert("interval".into(), 1.into());
+        c.insert("monitor".into(), monitor.into());
     });
     agent.run();
     wait_for("o1 healthy", WAIT, || {
@@ -314,24 +317,19 @@ fn metrics_follow_deploys_dns_proxy_and_drift() {
         Some(2.0)
     );
 
-    // Drift: the container is stopped behind the agent's back. The agent
-    // sees it as down, or (with the monitor running) records a drift event.
+    // Drift: the container is stopped behind the agent's back. The monitor
+    // (every second here, no auto-repair) records one drift event.
     agent
         .podman(&["stop", "-t", "1", "obs-web"])
         .expect_code(0, "podman stop");
     wait_for("drift visible in metrics", WAIT, || {
         let s = scrape(agent_metrics);
-        value(
-            &s,
-            "mcp_agent_container_up",
-            &[("service", "obs"), ("component", "web")],
-        ) == Some(0.0)
-            || value(
+        value(&s, "mcp_agent_container_up", &[("service", "obs"), ("component", "web")]) == Some(0.0)
+            && value(
                 &s,
                 "mcp_agent_drift_events_total",
-                &[("service", "obs"), ("component", "web")],
-            )
-            .is_some()
+                &[("service", "obs"), ("component", "web"), ("kind", "exited")],
+            ) == Some(1.0)
     });
 
     // The listener answers only /metrics; other paths get 404.
