@@ -46,6 +46,7 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<u8> {
         Command::Route(RouteCommand::List) => route_list(ctx).await,
         Command::Edge(EdgeCommand::List) => edge_list(ctx, false).await,
         Command::Edge(EdgeCommand::Status) => edge_list(ctx, true).await,
+        Command::Agent(_) => unreachable!("fleet operations are dispatched in main"),
     }
 }
 

@@ -5,6 +5,8 @@ mod defs;
 mod direct;
 mod fleet;
 mod output;
+mod ssh;
+mod upgrade;
 
 use std::path::PathBuf;
 
@@ -144,6 +146,22 @@ pub enum Command {
     /// Public routes on edge nodes (through the master).
     #[command(subcommand)]
     Edge(EdgeCommand),
+    /// The agents themselves: versions, upgrades over SSH.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+}
+
+#[derive(Subcommand)]
+pub enum AgentCommand {
+    /// Install the release's agent binary on nodes over SSH and restart them;
+    /// rolls a node back when the new agent does not answer in time.
+    #[command(
+        after_help = "Examples:\n  dev/release && mcp agent upgrade\n  mcp agent upgrade hyperborea --accept-new-host-key\n  mcp agent upgrade --dist /srv/releases/0.2.0 --parallel 2"
+    )]
+    Upgrade(upgrade::UpgradeArgs),
+    /// Version, commit, arch and uptime of every agent; flags version skew.
+    #[command(after_help = "Example:\n  mcp agent status --json")]
+    Status(upgrade::StatusArgs),
 }
 
 #[derive(Subcommand)]
@@ -197,6 +215,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     let cfg = mcp_common::config::CliConfig::load(&path, explicit).map_err(|e| UsageError(e.to_string()))?;
     let direct = cli.direct || cfg.master.is_none();
     let ctx = conn::Ctx { cfg, path, out };
+    // Fleet operations use the [[nodes]] list (SSH, agents) in both modes.
+    match cli.command {
+        Command::Agent(AgentCommand::Upgrade(args)) => return upgrade::upgrade(&ctx, args).await,
+        Command::Agent(AgentCommand::Status(args)) => return upgrade::status(&ctx, args).await,
+        _ => {}
+    }
     if direct {
         direct::run(&ctx, cli.command).await
     } else {
