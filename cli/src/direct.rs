@@ -54,7 +54,9 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<u8> {
         } => logs(ctx, &target, follow, tail, node).await,
         Command::Node(NodeCommand::List) => node_list(ctx).await,
         Command::Route(RouteCommand::List) => route_list(ctx).await,
-        Command::Agent(_) => unreachable!("fleet operations are dispatched in main"),
+        Command::Agent(_) | Command::Node(NodeCommand::Provision(_)) => {
+            unreachable!("fleet operations are dispatched in main")
+        }
         Command::Node(NodeCommand::Add { .. }) | Command::Sync { .. } | Command::Dns(_) | Command::Edge(_) => {
             usage!("this command needs the master: configure [master] and drop --direct")
         }

@@ -46,7 +46,9 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<u8> {
         Command::Route(RouteCommand::List) => route_list(ctx).await,
         Command::Edge(EdgeCommand::List) => edge_list(ctx, false).await,
         Command::Edge(EdgeCommand::Status) => edge_list(ctx, true).await,
-        Command::Agent(_) => unreachable!("fleet operations are dispatched in main"),
+        Command::Agent(_) | Command::Node(NodeCommand::Provision(_)) => {
+            unreachable!("fleet operations are dispatched in main")
+        }
     }
 }
 

@@ -5,6 +5,7 @@ mod defs;
 mod direct;
 mod fleet;
 mod output;
+mod provision;
 mod ssh;
 mod upgrade;
 
@@ -203,6 +204,12 @@ pub enum NodeCommand {
         #[arg(long, default_value_t = 0)]
         ttl: u64,
     },
+    /// Set up a Debian host as a node over SSH (as root): user, subuids,
+    /// linger, /srv/mcp, podman, agent binary, join, systemd unit. Idempotent.
+    #[command(
+        after_help = "Examples:\n  mcp node provision hyperborea --accept-new-host-key\n  mcp node provision hyperborea   # again: every step unchanged"
+    )]
+    Provision(provision::ProvisionArgs),
 }
 
 /// Loads the configuration and runs the command in the right mode.
@@ -219,6 +226,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Agent(AgentCommand::Upgrade(args)) => return upgrade::upgrade(&ctx, args).await,
         Command::Agent(AgentCommand::Status(args)) => return upgrade::status(&ctx, args).await,
+        Command::Node(NodeCommand::Provision(args)) => return provision::provision(&ctx, args).await,
         _ => {}
     }
     if direct {

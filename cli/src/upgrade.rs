@@ -281,6 +281,23 @@ async fn upgrade_node(
     let before = agent_version(ctx, node).await;
     if let Ok(st) = &before {
         *from = long_version(st);
+        let reported = match st.arch.as_str() {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        };
+        if reported != arch_of(node) {
+            s.close().await;
+            return Outcome::Failed {
+                stage: "config",
+                error: format!(
+                    "the agent reports arch {} but [[nodes]] says {}; fix `arch` for this node",
+                    st.arch,
+                    arch_of(node)
+                ),
+                rolled_back: None,
+            };
+        }
     }
     let outcome = install(ctx, node, &s, bin, wait, before.ok(), to).await;
     s.close().await;
