@@ -56,6 +56,17 @@ impl TestSshd {
             .unwrap()
             .keep();
         let host_key = keygen(&dir.join("host_ed25519"));
+        // Without PAM (pam_loginuid needs a real login session), sshd refuses
+        // locked accounts ("!" in /etc/shadow), which is how useradd leaves
+        // the test users: give them "*" (no password, not locked).
+        for u in users.iter().filter(|u| **u != "root") {
+            let shadow = Command::new("getent").args(["shadow", u]).output().unwrap();
+            let entry = String::from_utf8_lossy(&shadow.stdout).to_string();
+            if entry.split(':').nth(1).is_some_and(|p| p.starts_with('!')) {
+                let ok = Command::new("usermod").args(["-p", "*", u]).status().unwrap();
+                assert!(ok.success(), "usermod -p '*' {u}");
+            }
+        }
         std::fs::write(dir.join("authorized_keys"), &client.public).unwrap();
         // sshd's privilege separation directory.
         std::fs::create_dir_all("/run/sshd").unwrap();

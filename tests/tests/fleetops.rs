@@ -31,7 +31,8 @@ fn temp(prefix: &str) -> PathBuf {
 /// length, every occurrence): a different binary that really runs and
 /// really reports another version — "version B" without a second build.
 fn agent_b(dir: &Path) -> (PathBuf, String) {
-    let a = mcp_common::GIT_COMMIT;
+    let a_v = a_version();
+    let a = a_v.rsplit_once("(commit ").unwrap().1.trim_end_matches(')');
     let b: String = a.chars().map(|c| if c == 'b' { 'c' } else { 'b' }).collect();
     let mut bytes = std::fs::read(bin("mcp-agent")).unwrap();
     let mut n = 0;
@@ -69,8 +70,14 @@ fn agent_broken(dir: &Path) -> PathBuf {
     p
 }
 
+/// "<version> (commit <c>)" as the built agent reports it (not this test's
+/// own build: a commit between the two builds must not matter).
 fn a_version() -> String {
-    format!("{} (commit {})", mcp_common::VERSION, mcp_common::GIT_COMMIT)
+    let out = Command::new(bin("mcp-agent")).arg("--version").output().unwrap();
+    let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    v.strip_prefix("mcp-agent ")
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_string()
 }
 
 /// A CLI configuration for upgrade tests.
@@ -246,7 +253,7 @@ fn upgrade_over_ssh_checks_host_keys_survives_interruption_and_rolls_back() {
             dist_b.to_str().unwrap(),
         ])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(work.join("interrupted.log")).unwrap())
         .spawn()
         .unwrap();
     let partial = node.agent.dir.join("mcp-agent.new");
@@ -261,7 +268,8 @@ fn upgrade_over_ssh_checks_host_keys_survives_interruption_and_rolls_back() {
         assert!(Instant::now() < deadline, "upload never started");
         assert!(
             child.try_wait().unwrap().is_none(),
-            "upgrade finished before it could be interrupted"
+            "upgrade finished before it could be interrupted:\n{}",
+            std::fs::read_to_string(work.join("interrupted.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -709,5 +717,90 @@ fn provision_is_idempotent_and_never_renumbers() {
 
     remove_user(user.name);
     drop(sshd);
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// Benchmark (not a timed test): upgrade 5 nodes, each behind its own sshd
+/// on loopback, in parallel and then one at a time, with the static release
+/// agent (`dist/amd64/mcp-agent` from `dev/release`, or `MCP_BENCH_AGENT`).
+/// Run: `cargo test -p mcp-tests --test fleetops bench_upgrade -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_upgrade_five_nodes() {
+    let release = std::env::var_os("MCP_BENCH_AGENT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("dist/amd64/mcp-agent"));
+    assert!(
+        release.exists(),
+        "{} is missing: run dev/release first",
+        release.display()
+    );
+    let work = temp("mcp-bench-upgrade-");
+    // R2: the release binary with another embedded commit.
+    let r_version = run_of(Command::new(&release).arg("--version").output().unwrap());
+    let commit = r_version
+        .stdout
+        .trim()
+        .rsplit_once("(commit ")
+        .map(|(_, c)| c.trim_end_matches(')').to_string())
+        .unwrap();
+    let mut bytes = std::fs::read(&release).unwrap();
+    let other: String = commit.chars().map(|c| if c == 'b' { 'c' } else { 'b' }).collect();
+    let mut i = 0;
+    while let Some(off) = bytes[i..].windows(commit.len()).position(|w| w == commit.as_bytes()) {
+        bytes[i + off..i + off + commit.len()].copy_from_slice(other.as_bytes());
+        i += off + commit.len();
+    }
+    let (dist_r, dist_r2) = (work.join("dist-r"), work.join("dist-r2"));
+    for (d, b) in [(&dist_r, std::fs::read(&release).unwrap()), (&dist_r2, bytes)] {
+        std::fs::create_dir_all(d.join("amd64")).unwrap();
+        std::fs::write(d.join("amd64/mcp-agent"), b).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d.join("amd64/mcp-agent"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let key = ClientKey::new(&work);
+    let master = mcp_tests::TestMaster::start("benchm");
+    let user = mcp_tests::mcptest();
+    let mut nodes = Vec::new();
+    let mut sshds = Vec::new();
+    let mut entries = Vec::new();
+    for i in 1..=5 {
+        let agent = TestAgent::join(&master, user, &format!("bench{i}"), "worker");
+        let node = SshNode::new(agent, &release);
+        let sshd = TestSshd::start(&key, &[user.name]);
+        entries.push(NodeEntry::of(&node, &sshd));
+        nodes.push(node);
+        sshds.push(sshd);
+    }
+    let cli = Cli::new(&master.dir.join("operator"), &key, &work, &entries);
+    let kh: String = sshds.iter().map(TestSshd::known_hosts_line).collect();
+    std::fs::write(&cli.known_hosts, kh).unwrap();
+    let time = |dist: &Path, parallel: &str| {
+        let t0 = Instant::now();
+        let r = cli.mcp(&[
+            "agent",
+            "upgrade",
+            "--parallel",
+            parallel,
+            "--dist",
+            dist.to_str().unwrap(),
+        ]);
+        let secs = t0.elapsed().as_secs_f64();
+        r.expect_code(0, "bench upgrade");
+        assert_eq!(r.stdout.matches("upgraded").count(), 5, "{}", r.stdout);
+        secs
+    };
+    let parallel = time(&dist_r2, "5");
+    let sequential = time(&dist_r, "1");
+    let size = std::fs::metadata(&release).unwrap().len();
+    println!(
+        "static agent binary: {} bytes ({:.1} MiB; target <= 25 MiB)",
+        size,
+        size as f64 / 1048576.0
+    );
+    println!("upgrade 5 nodes (5 sshd on loopback), parallel (--parallel 5): {parallel:.2} s");
+    println!("upgrade 5 nodes (5 sshd on loopback), sequential (--parallel 1): {sequential:.2} s");
+    println!("speed-up: {:.2}x", sequential / parallel);
+    drop(nodes);
     let _ = std::fs::remove_dir_all(&work);
 }
