@@ -259,7 +259,7 @@ async fn run_steps(
             "directory",
             &format!(
                 "u={qu}; d={qd}\n\
-                 if [ -d \"$d\" ] && [ \"$(stat -c %U:%G:%a \"$d\")\" = \"$u:$u:750\" ]; then echo unchanged; echo \"$d\"; exit 0; fi\n\
+                 if [ -d \"$d\" ]; then case \"$(stat -c %U:%G:%a \"$d\")\" in \"$u:$u:700\"|\"$u:$u:750\") echo unchanged; echo \"$d\"; exit 0;; esac; fi\n\
                  install -d -o \"$u\" -g \"$u\" -m 0750 \"$d\" && chown \"$u:$u\" \"$d\" && chmod 0750 \"$d\"\n\
                  echo changed; echo \"$d owned by $u, mode 0750\""
             ),
