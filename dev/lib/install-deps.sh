@@ -17,6 +17,7 @@ packages=(
     openssh-server openssh-client                            # sshd on loopback for the upgrade tests
     qemu-user-static                                         # runs the arm64 agent in the tests
     systemd                                                  # systemd-analyze verify (not as PID 1)
+    nix-bin                                                  # nix-instantiate: parses/evaluates nix/ in the tests
 )
 missing=()
 for p in "${packages[@]}"; do

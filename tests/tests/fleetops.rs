@@ -809,3 +809,48 @@ fn bench_upgrade_five_nodes() {
     drop(nodes);
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// nix/: both files parse, and the module evaluates (against a minimal
+/// stand-in for nixpkgs, see nix/tests/eval-module.nix) to the documented
+/// wiring. Debian's nix-bin has no nixpkgs and no network here, so the
+/// flake's package build is not exercised.
+#[test]
+fn nix_flake_parses_and_module_evaluates() {
+    let nix = repo_root().join("nix");
+    for f in ["flake.nix", "module.nix", "tests/eval-module.nix"] {
+        let r = run_of(
+            Command::new("nix-instantiate")
+                .arg("--parse")
+                .arg(nix.join(f))
+                .output()
+                .expect("nix-instantiate (Debian package nix-bin) is installed"),
+        );
+        r.expect_code(0, &format!("nix-instantiate --parse {f}"));
+    }
+    let r = run_of(
+        Command::new("nix-instantiate")
+            .args(["--eval", "--strict", "--json"])
+            .arg(nix.join("tests/eval-module.nix"))
+            .output()
+            .unwrap(),
+    );
+    r.expect_code(0, "evaluating the NixOS module");
+    let j = r.json();
+    assert_eq!(
+        j["execStart"], "/srv/mcp/mcp-agent run --config /srv/mcp/mcp-agent.toml",
+        "{j}"
+    );
+    assert_eq!(j["uid"], 850);
+    assert_eq!(j["user"], "mcp");
+    assert_eq!(j["linger"], true);
+    assert_eq!(j["subUid"][0]["count"], 65536);
+    assert_eq!(j["noNewPrivileges"], true);
+    assert_eq!(j["protectSystem"], "strict");
+    assert_eq!(j["killMode"], "process");
+    assert_eq!(j["requires"][0], "user@850.service");
+    assert_eq!(j["doas"][0]["args"], serde_json::json!(["restart", "mcp-agent"]));
+    assert_eq!(j["nameservers"], serde_json::json!(["9.9.9.9"]));
+    for o in ["enable", "package", "settings", "uid", "fallbackResolvers"] {
+        assert!(j["agentOptions"].as_array().unwrap().iter().any(|x| x == o), "{o}: {j}");
+    }
+}
