@@ -30,11 +30,11 @@ fn temp(prefix: &str) -> PathBuf {
 /// A copy of the built agent whose embedded commit is changed (same
 /// length, every occurrence): a different binary that really runs and
 /// really reports another version — "version B" without a second build.
-fn agent_b(dir: &Path) -> (PathBuf, String) {
+fn agent_b(a_path: &Path, dir: &Path) -> (PathBuf, String) {
     let a_v = a_version();
     let a = a_v.rsplit_once("(commit ").unwrap().1.trim_end_matches(')');
     let b: String = a.chars().map(|c| if c == 'b' { 'c' } else { 'b' }).collect();
-    let mut bytes = std::fs::read(bin("mcp-agent")).unwrap();
+    let mut bytes = std::fs::read(a_path).unwrap();
     let mut n = 0;
     let mut i = 0;
     while let Some(off) = bytes[i..].windows(a.len()).position(|w| w == a.as_bytes()) {
@@ -53,6 +53,20 @@ fn agent_b(dir: &Path) -> (PathBuf, String) {
     let v = String::from_utf8_lossy(&v.stdout).to_string();
     assert!(v.contains(&format!("(commit {b})")), "patched agent reports {v}");
     (p, format!("{} (commit {b})", mcp_common::VERSION))
+}
+
+/// The built agent without debug info (31 MB instead of ~200 MB): the same
+/// program, so uploads and checksums in the tests stay quick.
+fn agent_a(dir: &Path) -> PathBuf {
+    let p = dir.join("mcp-agent-a");
+    std::fs::copy(bin("mcp-agent"), &p).unwrap();
+    let ok = Command::new("strip")
+        .arg("--strip-debug")
+        .arg(&p)
+        .status()
+        .expect("strip (binutils)");
+    assert!(ok.success());
+    p
 }
 
 /// A "release" whose agent passes `--version` but cannot start.
@@ -196,7 +210,8 @@ fn agent_reports(cli: &Cli, node: &str) -> String {
 fn upgrade_over_ssh_checks_host_keys_survives_interruption_and_rolls_back() {
     let work = temp("mcp-upgrade-");
     let key = ClientKey::new(&work);
-    let node = SshNode::start("up1", &bin("mcp-agent"));
+    let a_path = agent_a(&work);
+    let node = SshNode::start("up1", &a_path);
     let sshd = TestSshd::start(&key, &[node.agent.user.name]);
     // A node whose SSH port nothing listens on.
     let ghost = NodeEntry {
@@ -215,7 +230,7 @@ fn upgrade_over_ssh_checks_host_keys_survives_interruption_and_rolls_back() {
     );
     let cur = node.agent.dir.join("mcp-agent");
     let sha_a = sha256(&cur);
-    let (b_path, b_version) = agent_b(&work.join("dist-b"));
+    let (b_path, b_version) = agent_b(&a_path, &work.join("dist-b"));
     let dist_b = work.join("dist-b");
 
     // A running container, which must survive every upgrade and rollback.
@@ -354,7 +369,7 @@ fn upgrade_over_ssh_checks_host_keys_survives_interruption_and_rolls_back() {
     // 7. Back to A, so the version skew flag can be seen with two nodes.
     let dist_a = work.join("dist-a");
     std::fs::create_dir_all(dist_a.join("amd64")).unwrap();
-    std::fs::copy(bin("mcp-agent"), dist_a.join("amd64/mcp-agent")).unwrap();
+    std::fs::copy(&a_path, dist_a.join("amd64/mcp-agent")).unwrap();
     let r = cli.mcp(&["agent", "upgrade", "up1", "--dist", dist_a.to_str().unwrap()]);
     r.expect_code(0, "upgrade back to A");
     assert_eq!(agent_reports(&cli, "up1"), a_version());
@@ -370,7 +385,12 @@ fn changed_host_key_is_refused_even_with_accept_new() {
     let sshd = TestSshd::start(&key, &["root"]);
     let dist = work.join("dist");
     std::fs::create_dir_all(dist.join("amd64")).unwrap();
-    std::fs::copy(bin("mcp-agent"), dist.join("amd64/mcp-agent")).unwrap();
+    // Never uploaded: the connection is refused first.
+    std::fs::write(
+        dist.join("amd64/mcp-agent"),
+        "#!/bin/sh\necho 'mcp-agent 9.9.9 (commit 000000000000)'\n",
+    )
+    .unwrap();
     let install = temp("mcp-hostkey-install-");
     std::fs::write(install.join("mcp-agent"), "old").unwrap();
     let entry = NodeEntry {
@@ -564,7 +584,8 @@ fn provision_is_idempotent_and_never_renumbers() {
     let master = mcp_tests::TestMaster::start("provmaster");
     let dist = work.join("dist");
     std::fs::create_dir_all(dist.join("amd64")).unwrap();
-    std::fs::copy(bin("mcp-agent"), dist.join("amd64/mcp-agent")).unwrap();
+    let agent = agent_a(&work);
+    std::fs::copy(&agent, dist.join("amd64/mcp-agent")).unwrap();
     let resolv = work.join("resolv.conf");
     std::fs::write(&resolv, "nameserver 10.99.0.53\n").unwrap();
     let install = work.join("srv-mcp");
@@ -671,7 +692,7 @@ fn provision_is_idempotent_and_never_renumbers() {
         "{}",
         stat.stdout
     );
-    assert_eq!(sha256(&install.join("mcp-agent")), sha256(&bin("mcp-agent")));
+    assert_eq!(sha256(&install.join("mcp-agent")), sha256(&agent));
     let conf = install.join("mcp-agent.toml");
     let conf_text = std::fs::read_to_string(&conf).unwrap();
     assert!(conf_text.contains(&master.address()), "{conf_text}");
