@@ -540,28 +540,24 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> Result<u8> {
         (*n, r)
     }))
     .await;
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for (_, r) in &answers {
-        if let Ok(s) = r {
-            *counts.entry(long_version(s)).or_default() += 1;
-        }
-    }
-    // The version most nodes run is the reference; a tie flags every node
-    // outside the first of the tied versions (ordered by version string).
-    let reference = counts
+    let versions: Vec<Option<String>> = answers.iter().map(|(_, r)| r.as_ref().ok().map(long_version)).collect();
+    let (reference, flags) = skew(&versions);
+    let skew = flags.iter().any(|f| *f);
+    let kinds = versions
         .iter()
-        .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
-        .map(|(v, _)| v.clone());
-    let skew = counts.len() > 1;
+        .flatten()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     let unreachable = answers.iter().filter(|(_, r)| r.is_err()).count();
     if ctx.out.json {
         let rows: Vec<_> = answers
             .iter()
-            .map(|(n, r)| match r {
+            .enumerate()
+            .map(|(i, (n, r))| match r {
                 Ok(s) => json!({
                     "node": n.name, "status": "reachable", "version": s.version, "commit": s.git_commit,
                     "arch": s.arch, "uptime_seconds": s.uptime_seconds,
-                    "skew": skew && reference.as_deref() != Some(long_version(s).as_str()),
+                    "skew": flags[i],
                 }),
                 Err(e) => json!({"node": n.name, "status": "unreachable", "error": e}),
             })
@@ -571,7 +567,7 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> Result<u8> {
         let mut t = comfy_table::Table::new();
         t.load_style(comfy_table::presets::NOTHING);
         t.set_header(["NODE", "VERSION", "COMMIT", "ARCH", "UPTIME", "STATUS"]);
-        for (n, r) in &answers {
+        for (i, (n, r)) in answers.iter().enumerate() {
             match r {
                 Ok(s) => t.add_row(vec![
                     n.name.clone(),
@@ -579,11 +575,7 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> Result<u8> {
                     s.git_commit.clone(),
                     s.arch.clone(),
                     crate::output::duration(s.uptime_seconds),
-                    if skew && reference.as_deref() != Some(long_version(s).as_str()) {
-                        "SKEW".to_string()
-                    } else {
-                        "ok".to_string()
-                    },
+                    if flags[i] { "SKEW".to_string() } else { "ok".to_string() },
                 ]),
                 Err(_) => t.add_row(vec![
                     n.name.clone(),
@@ -606,7 +598,7 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> Result<u8> {
         if skew {
             eprintln!(
                 "warning: version skew: nodes run {} different agent versions (most run {}); run `mcp agent upgrade`",
-                counts.len(),
+                kinds,
                 reference.as_deref().unwrap_or("-")
             );
         }
@@ -614,9 +606,48 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> Result<u8> {
     Ok(if unreachable > 0 { 1 } else { 0 })
 }
 
+/// Version skew among the answering nodes: the reference version (the one
+/// most nodes run; ties go to the highest version string) and, per node,
+/// whether it runs something else. Unreachable nodes (None) are not flagged.
+fn skew(versions: &[Option<String>]) -> (Option<String>, Vec<bool>) {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for v in versions.iter().flatten() {
+        *counts.entry(v.as_str()).or_default() += 1;
+    }
+    let reference = counts
+        .iter()
+        .max_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0)))
+        .map(|(v, _)| v.to_string());
+    let flags = versions
+        .iter()
+        .map(|v| counts.len() > 1 && v.is_some() && v.as_deref() != reference.as_deref())
+        .collect();
+    (reference, flags)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skew_flags() {
+        let v = |s: &str| Some(s.to_string());
+        for (input, reference, flags) in [
+            (vec![v("a"), v("a")], Some("a"), vec![false, false]),
+            (vec![v("a"), v("b"), v("a")], Some("a"), vec![false, true, false]),
+            (vec![v("a"), None, v("a")], Some("a"), vec![false, false, false]),
+            (
+                vec![v("0.1 (commit x)"), v("0.2 (commit y)")],
+                Some("0.2 (commit y)"),
+                vec![true, false],
+            ),
+            (vec![None], None, vec![false]),
+        ] {
+            let (r, f) = skew(&input);
+            assert_eq!(r.as_deref(), reference, "{input:?}");
+            assert_eq!(f, flags, "{input:?}");
+        }
+    }
 
     #[test]
     fn versions() {
