@@ -20,6 +20,7 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<u8> {
         | Command::Completions { .. }
         | Command::Man { .. }
         | Command::Agent(_)
+        | Command::Node(NodeCommand::Provision(_))
         | Command::Render { .. }
         | Command::Adopt { .. } => unreachable!("handled before"),
         Command::Deploy { target, node } => {

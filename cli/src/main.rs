@@ -7,8 +7,11 @@ mod direct;
 mod edit;
 mod fleet;
 mod output;
+mod provision;
 mod resilience;
+mod ssh;
 mod tools;
+mod upgrade;
 
 use std::path::PathBuf;
 
@@ -148,8 +151,11 @@ pub enum Command {
     /// Public routes on edge nodes (through the master).
     #[command(subcommand, after_help = "Examples:\n  mcp edge list\n  mcp edge status")]
     Edge(EdgeCommand),
-    /// Node agents: recovery.
-    #[command(subcommand, after_help = "Examples:\n  mcp agent recover rift\n  mcp agent recover")]
+    /// The agents themselves: versions, upgrades over SSH, recovery.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  mcp agent status\n  mcp agent upgrade\n  mcp agent recover rift"
+    )]
     Agent(AgentCommand),
     /// Print the `podman run` commands that reproduce a service from its
     /// node's registry (the manual fallback; paste them as the podman user).
@@ -204,6 +210,15 @@ pub enum AgentCommand {
         after_help = "Examples:\n  mcp agent recover rift\n  mcp agent recover\n  mcp --direct agent recover rift"
     )]
     Recover { node: Option<String> },
+    /// Install the release's agent binary on nodes over SSH and restart them;
+    /// rolls a node back when the new agent does not answer in time.
+    #[command(
+        after_help = "Examples:\n  dev/release && mcp agent upgrade\n  mcp agent upgrade hyperborea --accept-new-host-key\n  mcp agent upgrade --dist /srv/releases/0.2.0 --parallel 2"
+    )]
+    Upgrade(upgrade::UpgradeArgs),
+    /// Version, commit, arch and uptime of every agent; flags version skew.
+    #[command(after_help = "Example:\n  mcp agent status --json")]
+    Status(upgrade::StatusArgs),
 }
 
 #[derive(Subcommand)]
@@ -245,6 +260,12 @@ pub enum NodeCommand {
         #[arg(long, default_value_t = 0)]
         ttl: u64,
     },
+    /// Set up a Debian host as a node over SSH (as root): user, subuids,
+    /// linger, /srv/mcp, podman, agent binary, join, systemd unit. Idempotent.
+    #[command(
+        after_help = "Examples:\n  mcp node provision hyperborea --accept-new-host-key\n  mcp node provision hyperborea   # again: every step unchanged"
+    )]
+    Provision(provision::ProvisionArgs),
 }
 
 /// Loads the configuration and runs the command in the right mode.
@@ -263,6 +284,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Build { service, no_push } => build::build(&ctx, &service, !no_push),
         Command::Edit { service } => edit::edit(&ctx, &service),
+        // Fleet operations use the [[nodes]] list (SSH, agents) in both modes.
+        Command::Agent(AgentCommand::Upgrade(args)) => upgrade::upgrade(&ctx, args).await,
+        Command::Agent(AgentCommand::Status(args)) => upgrade::status(&ctx, args).await,
+        Command::Node(NodeCommand::Provision(args)) => provision::provision(&ctx, args).await,
         Command::Agent(AgentCommand::Recover { node }) => resilience::recover(&ctx, direct, node).await,
         Command::Render { service, node } => resilience::render(&ctx, direct, &service, node).await,
         Command::Adopt { service, node } => resilience::adopt(&ctx, &service, node).await,

@@ -996,6 +996,138 @@ pub struct CliConfig {
     pub services: ServicesSection,
     #[serde(default)]
     pub nodes: Vec<NodeRef>,
+    #[serde(default)]
+    pub ssh: SshSection,
+    #[serde(default)]
+    pub upgrade: UpgradeSection,
+    #[serde(default)]
+    pub provision: ProvisionSection,
+}
+
+/// `[ssh]`: how `mcp agent upgrade` and `mcp node provision` reach nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshSection {
+    /// OpenSSH known_hosts file the host keys are checked against.
+    #[serde(default = "default_known_hosts")]
+    pub known_hosts: PathBuf,
+    /// Private key for public-key authentication (OpenSSH format).
+    #[serde(default = "default_ssh_identity")]
+    pub identity: PathBuf,
+    /// Seconds to wait for the TCP connection and the SSH handshake.
+    #[serde(default = "default_ssh_connect_timeout")]
+    pub connect_timeout: u64,
+}
+
+fn default_known_hosts() -> PathBuf {
+    PathBuf::from("~/.ssh/known_hosts")
+}
+fn default_ssh_identity() -> PathBuf {
+    PathBuf::from("~/.ssh/id_ed25519")
+}
+fn default_ssh_connect_timeout() -> u64 {
+    10
+}
+
+impl Default for SshSection {
+    fn default() -> Self {
+        SshSection {
+            known_hosts: default_known_hosts(),
+            identity: default_ssh_identity(),
+            connect_timeout: default_ssh_connect_timeout(),
+        }
+    }
+}
+
+/// `[upgrade]`: `mcp agent upgrade`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeSection {
+    /// Release directory with `<arch>/mcp-agent` (what `dev/release` writes).
+    #[serde(default = "default_dist")]
+    pub dist: PathBuf,
+    /// Nodes upgraded at the same time.
+    #[serde(default = "default_upgrade_parallel")]
+    pub parallel: usize,
+    /// Seconds to wait for a restarted agent to answer with the new version
+    /// before rolling back.
+    #[serde(default = "default_upgrade_wait")]
+    pub wait: u64,
+}
+
+fn default_dist() -> PathBuf {
+    PathBuf::from("dist")
+}
+fn default_upgrade_parallel() -> usize {
+    8
+}
+fn default_upgrade_wait() -> u64 {
+    60
+}
+
+impl Default for UpgradeSection {
+    fn default() -> Self {
+        UpgradeSection {
+            dist: default_dist(),
+            parallel: default_upgrade_parallel(),
+            wait: default_upgrade_wait(),
+        }
+    }
+}
+
+/// `[provision]`: what `mcp node provision` sets up on a Debian host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionSection {
+    /// The rootless podman user the agent runs as.
+    #[serde(default = "default_provision_user")]
+    pub user: String,
+    /// Its UID (pinned: a rootless user's UID is never changed).
+    #[serde(default = "default_provision_uid")]
+    pub uid: u32,
+    /// Debian packages the agent needs.
+    #[serde(default = "default_provision_packages")]
+    pub packages: Vec<String>,
+    /// Where the systemd unit is written.
+    #[serde(default = "default_unit_dir")]
+    pub unit_dir: PathBuf,
+    /// Resolver file that must list the fallback resolvers.
+    #[serde(default = "default_resolv_conf")]
+    pub resolv_conf: PathBuf,
+    /// Resolvers kept besides the internal DNS (SPEC §14).
+    #[serde(default)]
+    pub fallback_dns: Vec<String>,
+}
+
+fn default_provision_user() -> String {
+    "mcp".into()
+}
+fn default_provision_uid() -> u32 {
+    850
+}
+fn default_provision_packages() -> Vec<String> {
+    ["podman", "uidmap", "slirp4netns", "fuse-overlayfs", "dbus-user-session"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_unit_dir() -> PathBuf {
+    PathBuf::from("/etc/systemd/system")
+}
+fn default_resolv_conf() -> PathBuf {
+    PathBuf::from("/etc/resolv.conf")
+}
+
+impl Default for ProvisionSection {
+    fn default() -> Self {
+        ProvisionSection {
+            user: default_provision_user(),
+            uid: default_provision_uid(),
+            packages: default_provision_packages(),
+            unit_dir: default_unit_dir(),
+            resolv_conf: default_resolv_conf(),
+            fallback_dns: Vec::new(),
+        }
+    }
 }
 
 /// `[master]`: where the master listens.
@@ -1054,7 +1186,22 @@ pub struct NodeRef {
     pub ssh: Option<String>,
     #[serde(default)]
     pub arch: Option<String>,
+    /// SSH port (default 22).
+    #[serde(default)]
+    pub ssh_port: Option<u16>,
+    /// Directory holding `mcp-agent` on the node (default `/srv/mcp`).
+    #[serde(default)]
+    pub install_dir: Option<PathBuf>,
+    /// Command (run over SSH) that restarts the agent (default
+    /// `sudo -n systemctl restart mcp-agent`; `doas …` on NixOS).
+    #[serde(default)]
+    pub restart: Option<String>,
 }
+
+/// Default `nodes[].install_dir`.
+pub const DEFAULT_INSTALL_DIR: &str = "/srv/mcp";
+/// Default `nodes[].restart`.
+pub const DEFAULT_RESTART: &str = "sudo -n systemctl restart mcp-agent";
 
 /// One address or several fallbacks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1105,12 +1252,47 @@ impl CliConfig {
                     "expected \"amd64\" or \"arm64\"",
                 ));
             }
+            if let Some(ssh) = &n.ssh
+                && (ssh.is_empty() || ssh.starts_with('@') || ssh.ends_with('@') || ssh.contains(char::is_whitespace))
+            {
+                return Err(ConfigError::new(
+                    path,
+                    &format!("nodes[{i}].ssh"),
+                    "expected \"user@host\" or \"host\"",
+                ));
+            }
+            if n.install_dir.as_ref().is_some_and(|d| !d.is_absolute()) {
+                return Err(ConfigError::new(
+                    path,
+                    &format!("nodes[{i}].install_dir"),
+                    "must be an absolute path",
+                ));
+            }
+        }
+        if cfg.upgrade.parallel == 0 {
+            return Err(ConfigError::new(path, "upgrade.parallel", "must be at least 1"));
+        }
+        if cfg.provision.uid == 0 {
+            return Err(ConfigError::new(path, "provision.uid", "must not be 0 (root)"));
+        }
+        crate::service::check_name(&cfg.provision.user).map_err(|r| ConfigError::new(path, "provision.user", r))?;
+        for (i, r) in cfg.provision.fallback_dns.iter().enumerate() {
+            if r.parse::<std::net::IpAddr>().is_err() {
+                return Err(ConfigError::new(
+                    path,
+                    &format!("provision.fallback_dns[{i}]"),
+                    "expected an IP address",
+                ));
+            }
         }
         Ok(cfg.expanded())
     }
 
     fn expanded(mut self) -> CliConfig {
         self.services.dir = expand_home(&self.services.dir);
+        self.ssh.known_hosts = expand_home(&self.ssh.known_hosts);
+        self.ssh.identity = expand_home(&self.ssh.identity);
+        self.upgrade.dist = expand_home(&self.upgrade.dist);
         for p in [
             &mut self.auth.cert,
             &mut self.auth.key,
@@ -1339,7 +1521,16 @@ mod tests {
                 address: Addresses::One("a:1".into()),
                 ssh: Some("s".into()),
                 arch: Some("amd64".into()),
+                ssh_port: Some(22),
+                install_dir: Some("/srv/mcp".into()),
+                restart: Some("sudo -n systemctl restart mcp-agent".into()),
             }],
+            ssh: SshSection::default(),
+            upgrade: UpgradeSection::default(),
+            provision: ProvisionSection {
+                fallback_dns: vec!["9.9.9.9".into()],
+                ..Default::default()
+            },
         };
         let mut all = Vec::new();
         let mut master_keys = Vec::new();

@@ -16,6 +16,10 @@ packages=(
     bind9-dnsutils                                           # dig, for the DNS tests
     prometheus                                               # promtool: alert rules and /metrics lint in tests
     tmux                                                     # a real terminal for the CLI's TTY tests
+    openssh-server openssh-client                            # sshd on loopback for the upgrade tests
+    qemu-user-static                                         # runs the arm64 agent in the tests
+    systemd                                                  # systemd-analyze verify (not as PID 1)
+    nix-bin                                                  # nix-instantiate: parses/evaluates nix/ in the tests
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -37,4 +41,19 @@ if [[ -d /run/systemd/system ]] && systemctl is-enabled prometheus >/dev/null 2>
     systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 command -v cargo >/dev/null || { echo "$PROG: cargo not found: install a Rust toolchain (rustup) first" >&2; exit 1; }
+# arm64 builds (dev/release, the qemu test): the musl target, zig (PyPI
+# `ziglang`) as the cross C compiler, and cargo-zigbuild (crates.io).
+if ! rustup target list --installed | grep -qx aarch64-unknown-linux-musl; then
+    log "rustup target add aarch64-unknown-linux-musl"
+    rustup target add aarch64-unknown-linux-musl >&2
+fi
+if ! command -v zig >/dev/null && ! python3 -m ziglang version >/dev/null 2>&1; then
+    log "installing zig (pip install ziglang)"
+    python3 -m pip install --quiet ziglang >&2 \
+        || python3 -m pip install --quiet --break-system-packages ziglang >&2
+fi
+if ! command -v cargo-zigbuild >/dev/null; then
+    log "installing cargo-zigbuild (cargo install)"
+    env -u CARGO_TARGET_DIR cargo install --locked --quiet cargo-zigbuild >&2
+fi
 log "ok"

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 mod agent;
 mod master;
+pub mod sshd;
 
 pub use agent::TestAgent;
 pub use master::{TestMaster, wait_for};
@@ -189,7 +190,7 @@ pub struct Run {
 }
 
 impl Run {
-    fn from(o: Output) -> Run {
+    pub(crate) fn from(o: Output) -> Run {
         Run {
             code: o.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),

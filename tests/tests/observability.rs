@@ -324,7 +324,11 @@ fn metrics_follow_deploys_dns_proxy_and_drift() {
         .expect_code(0, "podman stop");
     wait_for("drift visible in metrics", WAIT, || {
         let s = scrape(agent_metrics);
-        value(&s, "mcp_agent_container_up", &[("service", "obs"), ("component", "web")]) == Some(0.0)
+        value(
+            &s,
+            "mcp_agent_container_up",
+            &[("service", "obs"), ("component", "web")],
+        ) == Some(0.0)
             && value(
                 &s,
                 "mcp_agent_drift_events_total",
