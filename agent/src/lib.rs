@@ -14,5 +14,6 @@ pub mod ports;
 pub mod proxy;
 pub mod registry;
 pub mod server;
+pub mod snapshot;
 pub mod spec;
 pub mod wiring;

@@ -23,6 +23,7 @@ pub mod mcias;
 pub mod pki;
 pub mod placement;
 pub mod service;
+pub mod snapshot;
 pub mod sync;
 pub mod tls;
 

@@ -152,6 +152,7 @@ fn init(config: &Path, a: InitArgs) -> Result<()> {
             log: LogSection::default(),
             mcias: None,
             dns: Default::default(),
+            snapshots: Default::default(),
         };
         mcp_common::fsutil::write_atomic(config, toml::to_string_pretty(&cfg)?.as_bytes(), 0o600)?;
         println!("wrote {}", config.display());
