@@ -28,6 +28,7 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<u8> {
         );
     }
     match command {
+        Command::Snapshot(_) | Command::Migrate(_) => unreachable!("handled in main"),
         Command::Validate { .. } => unreachable!("handled before connecting"),
         Command::Deploy { target, node } => deploy(ctx, &target, node).await,
         Command::Undeploy { service, node } => {

@@ -14,6 +14,7 @@ use crate::{Command, DnsCommand, EdgeCommand, NodeCommand, RouteCommand, UsageEr
 /// Runs one command through the master; returns the exit code.
 pub async fn run(ctx: &Ctx, command: Command) -> Result<u8> {
     match command {
+        Command::Snapshot(_) | Command::Migrate(_) => unreachable!("handled in main"),
         Command::Validate { .. } => unreachable!("handled before connecting"),
         Command::Deploy { target, node } => {
             if node.is_some() {

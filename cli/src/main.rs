@@ -5,6 +5,7 @@ mod defs;
 mod direct;
 mod fleet;
 mod output;
+mod snapshot;
 
 use std::path::PathBuf;
 
@@ -144,6 +145,10 @@ pub enum Command {
     /// Public routes on edge nodes (through the master).
     #[command(subcommand)]
     Edge(EdgeCommand),
+    /// Snapshots of service data: take one, list, restore (through the master).
+    Snapshot(snapshot::SnapshotArgs),
+    /// Move a service, with its data, to another node (through the master).
+    Migrate(snapshot::MigrateArgs),
 }
 
 #[derive(Subcommand)]
@@ -197,6 +202,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     let cfg = mcp_common::config::CliConfig::load(&path, explicit).map_err(|e| UsageError(e.to_string()))?;
     let direct = cli.direct || cfg.master.is_none();
     let ctx = conn::Ctx { cfg, path, out };
+    match cli.command {
+        Command::Snapshot(args) => return snapshot::snapshot(&ctx, direct, args).await,
+        Command::Migrate(args) => return snapshot::migrate(&ctx, direct, args).await,
+        _ => {}
+    }
     if direct {
         direct::run(&ctx, cli.command).await
     } else {
