@@ -24,7 +24,10 @@ fn join(master: &TestMaster, user: usize, name: &str, role: &str) -> TestAgent {
     let mut a = TestAgent::join(master, fleet_users()[user], name, role);
     let root = a.dir.join("volumes");
     a.configure(|c| {
-        c["agent"]["volumes_root"] = root.display().to_string().into();
+        c["agent"]
+            .as_table_mut()
+            .unwrap()
+            .insert("volumes_root".into(), root.display().to_string().into());
     });
     a.run();
     wait_for(&format!("{name} healthy"), WAIT, || {
@@ -122,7 +125,10 @@ fn extract(archive: &str) -> tempfile::TempDir {
 fn tar_list(archive: &str) -> Vec<String> {
     let out = Command::new("tar").args(["--zstd", "-tf", archive]).output().unwrap();
     assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 fn node_of(master: &TestMaster, service: &str) -> String {
@@ -161,7 +167,10 @@ fn sqlite_service_migrates_under_write_load_and_force_migrates_from_a_snapshot()
     let path = snap["snapshot"]["path"].as_str().unwrap().to_string();
     let names = tar_list(&path);
     assert!(names.iter().any(|n| n == "srv/ledger/ledger.db"), "{names:?}");
-    assert!(!names.iter().any(|n| n.ends_with("-wal") || n.ends_with("-shm")), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.ends_with("-wal") || n.ends_with("-shm")),
+        "{names:?}"
+    );
     assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
     let x = extract(&path);
     let c = check_db(None, &x.path().join("srv/ledger/ledger.db"), None);
@@ -169,14 +178,20 @@ fn sqlite_service_migrates_under_write_load_and_force_migrates_from_a_snapshot()
     assert!(c["rows"].as_i64().unwrap() >= 400, "{c}");
     assert_eq!(c["rows"], c["max_id"], "a torn copy: {c}");
     let after = check_db(Some(a2.user), &db2, None);
-    assert!(after["rows"].as_i64() > c["rows"].as_i64(), "writes continued during the snapshot");
+    assert!(
+        after["rows"].as_i64() > c["rows"].as_i64(),
+        "writes continued during the snapshot"
+    );
 
     // Refusals change nothing: already there, core tier, edge target.
     let r = master.mcp(&["migrate", "ledger", "--to", "sm2"]);
     r.expect_code(2, "migrate to where it runs");
     master.define(
         "corez",
-        &format!("name = \"corez\"\ntier = \"core\"\n[[components]]\nname = \"app\"\nimage = \"{}\"\n", sleeper()),
+        &format!(
+            "name = \"corez\"\ntier = \"core\"\n[[components]]\nname = \"app\"\nimage = \"{}\"\n",
+            sleeper()
+        ),
     );
     master.mcp(&["deploy", "corez"]).expect_code(0, "deploy corez");
     let r = master.mcp(&["migrate", "corez", "--to", "sm3"]);
@@ -191,9 +206,17 @@ fn sqlite_service_migrates_under_write_load_and_force_migrates_from_a_snapshot()
     let r = master.mcp(&["--json", "migrate", "ledger", "--to", "sm3"]);
     let m = &ok(&r, "migrate ledger")[0];
     assert_eq!(m["success"], true, "{m}");
-    let steps: Vec<&str> = m["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+    let steps: Vec<&str> = m["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
     assert_eq!(steps, ["stop", "snapshot", "import", "deploy", "undeploy"], "{m}");
-    assert!(m["steps"].as_array().unwrap().iter().all(|s| s["success"] == true), "{m}");
+    assert!(
+        m["steps"].as_array().unwrap().iter().all(|s| s["success"] == true),
+        "{m}"
+    );
     assert_eq!(node_of(&master, "ledger"), "sm3");
     assert_eq!(
         master.sql("select node from dns_records where service = 'ledger'"),
@@ -234,7 +257,11 @@ fn sqlite_service_migrates_under_write_load_and_force_migrates_from_a_snapshot()
     let r = master.mcp(&["--json", "migrate", "ledger", "--to", "sm2", "--force"]);
     let m = &ok(&r, "forced migration")[0];
     assert_eq!(m["success"], true, "{m}");
-    assert_eq!(m["snapshot"]["path"].as_str().unwrap(), moved, "the latest snapshot: {m}");
+    assert_eq!(
+        m["snapshot"]["path"].as_str().unwrap(),
+        moved,
+        "the latest snapshot: {m}"
+    );
     let undeploy = m["steps"].as_array().unwrap().last().unwrap();
     assert_eq!(undeploy["success"], false, "{m}");
     assert!(undeploy["error"].as_str().unwrap().contains("unreachable"), "{m}");
@@ -243,7 +270,10 @@ fn sqlite_service_migrates_under_write_load_and_force_migrates_from_a_snapshot()
         check_db(Some(a2.user), &db2, None)["rows"].as_i64().unwrap_or(0) > n
     });
     let back = check_db(Some(a2.user), &db2, Some(n));
-    assert_eq!((back["rows"].clone(), back["digest"].clone()), (fin["rows"].clone(), fin["digest"].clone()));
+    assert_eq!(
+        (back["rows"].clone(), back["digest"].clone()),
+        (fin["rows"].clone(), fin["digest"].clone())
+    );
 
     // An unhealthy node is never a target.
     let r = master.mcp(&["migrate", "ledger", "--to", "sm3"]);
@@ -330,7 +360,9 @@ fn restore_refuses_damaged_archives_and_retention_keeps_seven() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let import = |bytes: Vec<u8>, force: bool| -> Result<mcp_common::proto::ImportServiceDataResponse, tonic::Status> {
         rt.block_on(async {
-            use mcp_common::proto::{ImportHeader, ImportServiceDataRequest, ServiceSpec, import_service_data_request::Msg};
+            use mcp_common::proto::{
+                ImportHeader, ImportServiceDataRequest, ServiceSpec, import_service_data_request::Msg,
+            };
             let mut msgs = vec![ImportServiceDataRequest {
                 msg: Some(Msg::Header(ImportHeader {
                     service: Some(ServiceSpec::from(&def)),
@@ -380,22 +412,37 @@ fn restore_refuses_damaged_archives_and_retention_keeps_seven() {
 
     // Retention: 7 kept (default), oldest removed, files and records alike.
     for i in 0..7 {
-        master.mcp(&["snapshot", "notes"]).expect_code(0, &format!("snapshot {i}"));
+        master
+            .mcp(&["snapshot", "notes"])
+            .expect_code(0, &format!("snapshot {i}"));
     }
     let list = ok(&master.mcp(&["--json", "snapshot", "list", "notes"]), "list");
-    let names: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names.len(), 7, "{names:?}");
-    assert!(!names.contains(&first_name.as_str()), "the oldest went first: {names:?}");
+    assert!(
+        !names.contains(&first_name.as_str()),
+        "the oldest went first: {names:?}"
+    );
     assert!(!names.contains(&second["snapshot"]["name"].as_str().unwrap()));
     let files = stored(&master);
     assert_eq!(files.len(), 7, "{files:?}");
     for n in &names {
         assert!(files.contains(&format!("{n}.tar.zst")), "{n} not in {files:?}");
     }
-    assert_eq!(master.sql("select count(*) from snapshots where service = 'notes'"), "7");
+    assert_eq!(
+        master.sql("select count(*) from snapshots where service = 'notes'"),
+        "7"
+    );
 }
 
 /// A stream of the given messages (for client-streaming calls).
-fn tokio_stream_iter<T: Send + 'static>(v: Vec<T>) -> impl tonic::codegen::tokio_stream::Stream<Item = T> + Send + 'static {
+fn tokio_stream_iter<T: Send + 'static>(
+    v: Vec<T>,
+) -> impl tonic::codegen::tokio_stream::Stream<Item = T> + Send + 'static {
     tonic::codegen::tokio_stream::iter(v)
 }
