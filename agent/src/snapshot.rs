@@ -630,16 +630,23 @@ impl Agent {
             )));
         }
         let snap = def.snapshot.clone().unwrap_or_default();
+        let mut notes = Vec::new();
         if let Method::Exec(cmd) = snap.method() {
             let comp = snap.component.clone().unwrap_or_else(|| def.components[0].name.clone());
             let container = def.container_name(&comp);
-            let (code, output) = self.podman.exec(&container, &cmd).await?;
-            if code != 0 {
-                return Err(OpError::Conflict(format!(
-                    "snapshot command in {container} exited with {code}: {output}"
-                )));
+            let running = self.podman.inspect(&container).await?.is_some_and(|o| o.running());
+            if running {
+                let (code, output) = self.podman.exec(&container, &cmd).await?;
+                if code != 0 {
+                    return Err(OpError::Conflict(format!(
+                        "snapshot command in {container} exited with {code}: {output}"
+                    )));
+                }
+                tracing::info!(service = name, %container, "snapshot command ran");
+            } else {
+                // A stopped service's files are at rest: archive them as they are.
+                notes.push(format!("{container} is not running: snapshot command skipped"));
             }
-            tracing::info!(service = name, %container, "snapshot command ran");
         }
         let tmp = self.cfg.agent.data_dir.join("tmp");
         std::fs::create_dir_all(&tmp).map_err(|e| OpError::Invalid(format!("{}: {e}", tmp.display())))?;
@@ -661,7 +668,9 @@ impl Agent {
                 }
             }
             let last = match task.await {
-                Ok(Ok(a)) => {
+                Ok(Ok(mut a)) => {
+                    notes.append(&mut a.warnings);
+                    a.warnings = notes;
                     tracing::info!(%service, bytes = a.size, entries = a.entries, ms = started.elapsed().as_millis() as u64, "data exported");
                     Ok(proto::DataChunk {
                         data: Vec::new(),
