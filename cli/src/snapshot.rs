@@ -222,7 +222,8 @@ pub async fn migrate(ctx: &Ctx, direct: bool, args: MigrateArgs) -> Result<u8> {
         .await;
     drop(progress);
     let r = r.map_err(|s| ctx.rpc_error("master", s))?.into_inner();
-    let failed = r.results.iter().any(|m| !m.success);
+    // Services `--all` skips (core tier, pinned) are reported, not failures.
+    let failed = r.results.iter().any(|m| !m.success && !m.error.starts_with("skipped"));
     if ctx.out.json {
         print_json(&json!(r.results.iter().map(|m| json!({
             "service": m.service, "from": m.from, "to": m.to, "success": m.success, "error": m.error,
