@@ -118,6 +118,7 @@ impl Agent {
                 active: true,
                 path: None,
                 build: None,
+                snapshot: None,
                 components: vec![],
             },
             components: vec![],

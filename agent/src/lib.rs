@@ -20,5 +20,6 @@ pub mod proxy;
 pub mod registry;
 pub mod render;
 pub mod server;
+pub mod snapshot;
 pub mod spec;
 pub mod wiring;

@@ -205,6 +205,7 @@ fn init(config: &Path, a: InitArgs) -> Result<()> {
                 listen,
                 address: a.address.clone(),
                 data_dir: a.data_dir.clone(),
+                volumes_root: None,
             },
             tls: TlsFiles {
                 cert,
@@ -281,6 +282,7 @@ fn join(config: &Path, a: JoinArgs) -> Result<()> {
             listen,
             address: a.address,
             data_dir: a.data_dir,
+            volumes_root: None,
         },
         tls,
         podman: PodmanSection {

@@ -100,6 +100,9 @@ pub enum OpError {
     },
     #[error("no free host port in {min}-{max}")]
     PortsExhausted { min: u16, max: u16, outcome: Outcome },
+    /// Data that failed its integrity check; nothing was changed.
+    #[error("{0}")]
+    Corrupt(String),
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]
@@ -221,6 +224,24 @@ impl Agent {
         &self.cfg.agent.name
     }
 
+    /// The container spec of `component`, its volume sources resolved
+    /// under `agent.volumes_root`.
+    fn container_spec(
+        &self,
+        def: &ServiceDef,
+        component: &service::ComponentDef,
+        ports: &BTreeMap<String, u16>,
+    ) -> ContainerSpec {
+        let mut spec = ContainerSpec::build(def, component, ports, self.name());
+        let root = self.cfg.agent.volumes_root.as_deref();
+        spec.volumes = spec
+            .volumes
+            .iter()
+            .map(|v| crate::snapshot::host_volume(v, root))
+            .collect();
+        spec
+    }
+
     pub(crate) async fn lock(&self, service: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let m = {
             let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
@@ -320,7 +341,7 @@ impl Agent {
             .map(|c| {
                 let empty = BTreeMap::new();
                 let p = ports.all.get(&c.name).unwrap_or(&empty);
-                (c.name.clone(), ContainerSpec::build(&def, c, p, self.name()))
+                (c.name.clone(), self.container_spec(&def, c, p))
             })
             .collect();
         let recorded: BTreeMap<String, ContainerSpec> = old
@@ -702,7 +723,7 @@ impl Agent {
                     }
                     None => {
                         let empty = BTreeMap::new();
-                        ContainerSpec::build(def, c, ports.all.get(&c.name).unwrap_or(&empty), self.name())
+                        self.container_spec(def, c, ports.all.get(&c.name).unwrap_or(&empty))
                     }
                 },
             };

@@ -706,6 +706,63 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
     (secs > 0).then_some(secs)
 }
 
+impl Podman {
+    /// Runs `sh -c <command>` in a running container and waits for it;
+    /// returns its exit code and combined output (last 4 KiB).
+    pub async fn exec(&self, container: &str, command: &str) -> Result<(i64, String), PodmanError> {
+        use bollard::exec::{StartExecOptions, StartExecResults};
+        use bollard::models::ExecConfig;
+        let failed = |reason: String| PodmanError::Container {
+            name: container.to_string(),
+            action: "exec",
+            reason,
+        };
+        let created = self
+            .docker()
+            .create_exec(
+                container,
+                ExecConfig {
+                    cmd: Some(vec!["sh".into(), "-c".into(), command.to_string()]),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| failed(reason(&e)))?;
+        let mut output = Vec::new();
+        if let StartExecResults::Attached { output: mut stream, .. } = self
+            .docker()
+            .start_exec(&created.id, Some(StartExecOptions::default()))
+            .await
+            .map_err(|e| failed(reason(&e)))?
+        {
+            while let Some(item) = stream.next().await {
+                let item = item.map_err(|e| failed(reason(&e)))?;
+                output.extend_from_slice(&item.into_bytes());
+                if output.len() > 8192 {
+                    output.drain(..output.len() - 4096);
+                }
+            }
+        }
+        let inspected = self
+            .docker()
+            .inspect_exec(&created.id)
+            .await
+            .map_err(|e| failed(reason(&e)))?;
+        let text = String::from_utf8_lossy(&output);
+        let tail: String = text
+            .chars()
+            .rev()
+            .take(4096)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        Ok((inspected.exit_code.unwrap_or(-1), tail.trim().to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

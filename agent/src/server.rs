@@ -58,6 +58,7 @@ fn status(e: OpError) -> Status {
         OpError::Invalid(m) => Status::invalid_argument(m),
         OpError::NotFound(_) => Status::not_found(e.to_string()),
         OpError::Conflict(m) => Status::failed_precondition(m),
+        OpError::Corrupt(m) => Status::data_loss(m),
         OpError::PortsExhausted { min, max, outcome } => with_steps(
             tonic::Code::ResourceExhausted,
             format!("no free host port in {min}-{max}"),
@@ -446,5 +447,54 @@ impl McpAgentService for AgentService {
         tracing::info!(hostname = %r.hostname, %caller, "remove edge route");
         self.detached(|a| async move { a.remove_edge_route(r).await }).await?;
         Ok(Response::new(proto::EdgeRouteResponse::default()))
+    }
+
+    type ExportServiceDataStream = Pin<Box<dyn Stream<Item = Result<proto::DataChunk, Status>> + Send>>;
+
+    async fn export_service_data(
+        &self,
+        req: Request<proto::ExportServiceDataRequest>,
+    ) -> Result<Response<Self::ExportServiceDataStream>, Status> {
+        let caller = self.caller(&req);
+        let r = req.into_inner();
+        tracing::info!(service = %r.service, %caller, request_id = %r.request_id, "export data");
+        let rx = self.agent.export_data(&r.service).await.map_err(status)?;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| item.map_err(status));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn import_service_data(
+        &self,
+        req: Request<tonic::Streaming<proto::ImportServiceDataRequest>>,
+    ) -> Result<Response<proto::ImportServiceDataResponse>, Status> {
+        use proto::import_service_data_request::Msg;
+        let caller = self.caller(&req);
+        let mut stream = req.into_inner();
+        let header = match stream.next().await {
+            Some(Ok(proto::ImportServiceDataRequest {
+                msg: Some(Msg::Header(h)),
+            })) => h,
+            Some(Err(e)) => return Err(e),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of an import must be its header",
+                ));
+            }
+        };
+        let service = header.service.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+        tracing::info!(%service, %caller, request_id = %header.request_id, force = header.force, size = header.size, "import data");
+        let chunks = stream.map(|m| match m {
+            Ok(proto::ImportServiceDataRequest {
+                msg: Some(Msg::Chunk(c)),
+            }) => Ok(c),
+            Ok(_) => Err("a second header in the stream".to_string()),
+            Err(e) => Err(e.message().to_string()),
+        });
+        let done = self.agent.import_data(header, chunks).await.map_err(status)?;
+        Ok(Response::new(proto::ImportServiceDataResponse {
+            bytes: done.bytes,
+            entries: done.entries,
+            volumes: done.volumes,
+        }))
     }
 }

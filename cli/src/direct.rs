@@ -36,7 +36,9 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<u8> {
         | Command::Agent(_)
         | Command::Node(NodeCommand::Provision(_))
         | Command::Render { .. }
-        | Command::Adopt { .. } => unreachable!("handled before"),
+        | Command::Adopt { .. }
+        | Command::Snapshot(_)
+        | Command::Migrate(_) => unreachable!("handled before"),
         Command::Deploy { target, node } => deploy(ctx, &target, node).await,
         Command::Undeploy { service, node } => {
             let (name, component) = split_target(&service)?;

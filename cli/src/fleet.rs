@@ -22,7 +22,9 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<u8> {
         | Command::Agent(_)
         | Command::Node(NodeCommand::Provision(_))
         | Command::Render { .. }
-        | Command::Adopt { .. } => unreachable!("handled before"),
+        | Command::Adopt { .. }
+        | Command::Snapshot(_)
+        | Command::Migrate(_) => unreachable!("handled before"),
         Command::Deploy { target, node } => {
             if node.is_some() {
                 usage!("--node is for --direct mode; pin the service with `node = ...` in its definition");

@@ -9,6 +9,7 @@ mod fleet;
 mod output;
 mod provision;
 mod resilience;
+mod snapshot;
 mod ssh;
 mod tools;
 mod upgrade;
@@ -199,6 +200,10 @@ pub enum Command {
     /// Write man pages (mcp.1 and one per subcommand) to a directory.
     #[command(after_help = "Example:\n  mcp man /usr/local/share/man/man1")]
     Man { dir: PathBuf },
+    /// Snapshots of service data: take one, list, restore (through the master).
+    Snapshot(snapshot::SnapshotArgs),
+    /// Move a service, with its data, to another node (through the master).
+    Migrate(snapshot::MigrateArgs),
 }
 
 #[derive(Subcommand)]
@@ -291,6 +296,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Agent(AgentCommand::Recover { node }) => resilience::recover(&ctx, direct, node).await,
         Command::Render { service, node } => resilience::render(&ctx, direct, &service, node).await,
         Command::Adopt { service, node } => resilience::adopt(&ctx, &service, node).await,
+        Command::Snapshot(args) => snapshot::snapshot(&ctx, direct, args).await,
+        Command::Migrate(args) => snapshot::migrate(&ctx, direct, args).await,
         other if direct => direct::run(&ctx, other).await,
         other => fleet::run(&ctx, other).await,
     }

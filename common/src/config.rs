@@ -438,6 +438,12 @@ pub struct AgentSection {
     /// Registry database, certificates and service data live here.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Host-side volume sources of service definitions are resolved under
+    /// this directory (`/srv/web` → `<volumes_root>/srv/web`); unset: as
+    /// written. Lets several agents share one host (tests) without sharing
+    /// their services' data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes_root: Option<PathBuf>,
 }
 
 /// `[podman]`: how to reach podman's Docker-compatible API.
@@ -552,6 +558,11 @@ impl AgentConfig {
         crate::service::check_name(&self.agent.name).map_err(|r| ConfigError::new(path, "agent.name", r))?;
         if !self.agent.data_dir.is_absolute() {
             return Err(ConfigError::new(path, "agent.data_dir", "must be an absolute path"));
+        }
+        if let Some(root) = &self.agent.volumes_root
+            && !root.is_absolute()
+        {
+            return Err(ConfigError::new(path, "agent.volumes_root", "must be an absolute path"));
         }
         if self.ports.min == 0 || self.ports.min > self.ports.max {
             return Err(ConfigError::new(
@@ -749,6 +760,45 @@ pub struct MasterConfig {
     /// Prometheus `/metrics` listener; absent: no metrics listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsSection>,
+    /// Scheduled snapshots of service data and their retention.
+    #[serde(default)]
+    pub snapshots: SnapshotsSection,
+}
+
+/// `[snapshots]` of the master (SPEC §11).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotsSection {
+    /// How often every placed service with volumes is snapshotted: `off`,
+    /// `hourly`, `daily`, `weekly` or `<n>s|m|h|d`.
+    #[serde(default = "default_snapshot_schedule")]
+    pub schedule: String,
+    /// Snapshots kept per service; older ones are deleted.
+    #[serde(default = "default_snapshot_retention")]
+    pub retention: u32,
+}
+
+fn default_snapshot_schedule() -> String {
+    "daily".to_string()
+}
+fn default_snapshot_retention() -> u32 {
+    7
+}
+
+impl Default for SnapshotsSection {
+    fn default() -> Self {
+        SnapshotsSection {
+            schedule: default_snapshot_schedule(),
+            retention: default_snapshot_retention(),
+        }
+    }
+}
+
+impl SnapshotsSection {
+    /// Interval between scheduled snapshots in seconds; `None` when off.
+    pub fn interval(&self) -> Option<u64> {
+        crate::snapshot::parse_schedule(&self.schedule).ok().flatten()
+    }
 }
 
 /// `[dns]` of the master: the internal zone, served authoritatively.
@@ -970,7 +1020,21 @@ impl MasterConfig {
             ));
         }
         check_log(path, &cfg.log)?;
+        crate::snapshot::parse_schedule(&cfg.snapshots.schedule)
+            .map_err(|r| ConfigError::new(path, "snapshots.schedule", r))?;
+        if cfg.snapshots.retention == 0 {
+            return Err(ConfigError::new(
+                path,
+                "snapshots.retention",
+                "must keep at least one snapshot",
+            ));
+        }
         Ok(cfg)
+    }
+
+    /// Directory of stored snapshots: `<data_dir>/snapshots/<service>/`.
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.master.data_dir.join("snapshots")
     }
 
     /// Path of the fleet database.
@@ -1410,6 +1474,7 @@ mod tests {
                 listen: default_agent_listen(),
                 address: default_node_address(),
                 data_dir: default_data_dir(),
+                volumes_root: Some("/v".into()),
             },
             tls: TlsFiles {
                 cert: "/c".into(),
@@ -1506,6 +1571,7 @@ mod tests {
             metrics: Some(MetricsSection {
                 listen: "127.0.0.1:9465".parse().unwrap(),
             }),
+            snapshots: SnapshotsSection::default(),
         };
         let cli = CliConfig {
             master: Some(MasterRef { address: "m:1".into() }),

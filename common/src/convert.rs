@@ -21,6 +21,11 @@ impl From<&ServiceDef> for proto::ServiceSpec {
                 .as_ref()
                 .map(|b| b.images.clone().into_iter().collect())
                 .unwrap_or_default(),
+            snapshot: d.snapshot.as_ref().map(|s| proto::SnapshotSpec {
+                method: s.method.clone().unwrap_or_default(),
+                exclude: s.exclude.clone(),
+                component: s.component.clone().unwrap_or_default(),
+            }),
         }
     }
 }
@@ -78,6 +83,11 @@ impl From<&proto::ServiceSpec> for ServiceDef {
                     images: s.build_images.clone().into_iter().collect(),
                 })
             },
+            snapshot: s.snapshot.as_ref().map(|s| crate::snapshot::SnapshotDef {
+                method: opt(&s.method),
+                exclude: s.exclude.clone(),
+                component: opt(&s.component),
+            }),
             components: s.components.iter().map(Into::into).collect(),
         }
     }
@@ -132,6 +142,10 @@ name = "web"
 node = "rift"
 [build.images]
 web = "Dockerfile"
+[snapshot]
+method = "exec:true"
+exclude = ["*.log"]
+component = "api"
 [[components]]
 name = "api"
 image = "r/web:v1"

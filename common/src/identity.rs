@@ -117,8 +117,35 @@ pub const NODE_METADATA: &str = "mcp-node";
 /// The authorization table (SPEC §6): gRPC path prefix → policy. The first
 /// matching prefix wins, so specific methods precede their service.
 pub const TABLE: &[(&str, Policy)] = &[
+    // master → agent: service data for snapshots and migration (and
+    // operators in --direct mode)
+    (
+        "/mcp.v1.McpAgentService/ExportServiceData",
+        Policy::Roles(&[Role::Master, Role::Human]),
+    ),
+    (
+        "/mcp.v1.McpAgentService/ImportServiceData",
+        Policy::Roles(&[Role::Master, Role::Human]),
+    ),
     // master → agent (and operators in --direct mode)
     ("/mcp.v1.McpAgentService/", Policy::Roles(&[Role::Master, Role::Human])),
+    // CLI → master: snapshots and migration
+    (
+        "/mcp.v1.McpMasterService/CreateSnapshot",
+        Policy::Roles(&[Role::Human, Role::Master]),
+    ),
+    (
+        "/mcp.v1.McpMasterService/ListSnapshots",
+        Policy::Roles(&[Role::Human, Role::Master]),
+    ),
+    (
+        "/mcp.v1.McpMasterService/RestoreSnapshot",
+        Policy::Roles(&[Role::Human, Role::Master]),
+    ),
+    (
+        "/mcp.v1.McpMasterService/MigrateService",
+        Policy::Roles(&[Role::Human, Role::Master]),
+    ),
     // CLI → master
     ("/mcp.v1.McpMasterService/", Policy::Roles(&[Role::Human, Role::Master])),
     // agent → master
@@ -223,6 +250,17 @@ mod tests {
             ),
             ("/mcp.v1.McpRegistrationService/Join", None, None, "allow"),
             ("/other.Service/X", Some(&m), None, "deny"),
+            ("/mcp.v1.McpAgentService/ExportServiceData", Some(&m), None, "allow"),
+            ("/mcp.v1.McpAgentService/ImportServiceData", Some(&human), None, "allow"),
+            ("/mcp.v1.McpAgentService/ImportServiceData", Some(&a), Some("a"), "deny"),
+            ("/mcp.v1.McpMasterService/MigrateService", Some(&human), None, "allow"),
+            ("/mcp.v1.McpMasterService/CreateSnapshot", Some(&a), Some("a"), "deny"),
+            (
+                "/mcp.v1.McpMasterService/RestoreSnapshot",
+                None,
+                None,
+                "unauthenticated",
+            ),
         ];
         for (path, who, node, want) in cases {
             let got = match authorize(path, *who, *node) {

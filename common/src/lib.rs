@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod pki;
 pub mod placement;
 pub mod service;
+pub mod snapshot;
 pub mod sync;
 pub mod tls;
 

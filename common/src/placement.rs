@@ -273,6 +273,7 @@ mod tests {
             active: true,
             path: None,
             build: None,
+            snapshot: None,
             components: Vec::new(),
         };
         for word in spec.split_whitespace() {

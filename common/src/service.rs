@@ -29,6 +29,9 @@ pub struct ServiceDef {
     pub path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<BuildDef>,
+    /// `[snapshot]`: how the service's data is archived (SPEC §11).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<crate::snapshot::SnapshotDef>,
     #[serde(default)]
     pub components: Vec<ComponentDef>,
 }
@@ -355,6 +358,12 @@ impl Validator {
                 if dockerfile.trim().is_empty() {
                     self.err(field, "Dockerfile path must not be empty");
                 }
+            }
+        }
+        if let Some(snap) = &def.snapshot {
+            let names: Vec<&str> = def.components.iter().map(|c| c.name.as_str()).collect();
+            for (field, reason) in crate::snapshot::validate(snap, &names) {
+                self.err(field, reason);
             }
         }
         if def.components.is_empty() {

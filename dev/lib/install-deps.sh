@@ -12,7 +12,7 @@ packages=(
     podman uidmap slirp4netns runc catatonit fuse-overlayfs  # rootless podman
     docker-registry                                          # local OCI registry for tests
     busybox-static                                           # example and test images
-    openssl sqlite3 curl procps iproute2 file                # tools the scripts and tests use
+    openssl sqlite3 curl procps iproute2 file zstd           # tools the scripts and tests use
     bind9-dnsutils                                           # dig, for the DNS tests
     prometheus                                               # promtool: alert rules and /metrics lint in tests
     tmux                                                     # a real terminal for the CLI's TTY tests

@@ -9,7 +9,8 @@ use mcp_common::service::ServiceDef;
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// Schema migrations; index i brings version i to i + 1.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE nodes (
     name             TEXT PRIMARY KEY,
     role             TEXT NOT NULL CHECK (role IN ('worker', 'edge', 'master')),
@@ -72,7 +73,15 @@ CREATE TABLE join_tokens (
     expires_at   INTEGER NOT NULL,
     used_at      INTEGER
 );
-"#];
+"#,
+    // 2: snapshots know the node their data came from and their name
+    // (a UTC timestamp with milliseconds, unique per service).
+    r#"
+ALTER TABLE snapshots ADD COLUMN node TEXT NOT NULL DEFAULT '';
+ALTER TABLE snapshots ADD COLUMN name TEXT NOT NULL DEFAULT '';
+CREATE UNIQUE INDEX snapshots_by_name ON snapshots (service, name);
+"#,
+];
 
 /// A node as recorded.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,6 +138,21 @@ pub struct EdgeRow {
     pub backend_port: u16,
     pub cert_serial: String,
     pub cert_expires_at: i64,
+}
+
+/// A stored snapshot archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRow {
+    pub id: i64,
+    pub service: String,
+    /// `20261125T153000.123Z`
+    pub name: String,
+    pub path: String,
+    pub sha256: String,
+    pub size: u64,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub node: String,
 }
 
 /// Why a join token was refused.
@@ -458,6 +482,49 @@ impl FleetDb {
     }
 }
 
+impl FleetDb {
+    /// Records a stored snapshot; returns its id.
+    pub fn add_snapshot(&self, r: &SnapshotRow) -> Result<i64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO snapshots (service, path, sha256, size, created_at, node, name) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![r.service, r.path, r.sha256, r.size as i64, r.created_at, r.node, r.name],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Snapshots of `service` (all services when `None`), oldest first.
+    pub fn snapshots(&self, service: Option<&str>) -> Result<Vec<SnapshotRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, service, name, path, sha256, size, created_at, node FROM snapshots \
+             WHERE ?1 IS NULL OR service = ?1 ORDER BY service, name",
+        )?;
+        let rows = stmt
+            .query_map([service], |r| {
+                Ok(SnapshotRow {
+                    id: r.get(0)?,
+                    service: r.get(1)?,
+                    name: r.get(2)?,
+                    path: r.get(3)?,
+                    sha256: r.get(4)?,
+                    size: r.get::<_, i64>(5)? as u64,
+                    created_at: r.get(6)?,
+                    node: r.get(7)?,
+                })
+            })?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Forgets a snapshot (its file is removed by the caller).
+    pub fn delete_snapshot(&self, id: i64) -> Result<()> {
+        self.conn().execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,6 +575,34 @@ mod tests {
         let mut unknown = p.clone();
         unknown.node = "ghost".into();
         assert!(db.save_placement(&unknown).is_err(), "placement on an unknown node");
+    }
+
+    #[test]
+    fn snapshots() {
+        let db = FleetDb::in_memory();
+        let row = |service: &str, name: &str| SnapshotRow {
+            id: 0,
+            service: service.into(),
+            name: name.into(),
+            path: format!("/s/{service}/{name}.tar.zst"),
+            sha256: "ab".repeat(32),
+            size: 42,
+            created_at: 7,
+            node: "a".into(),
+        };
+        let id = db.add_snapshot(&row("web", "2")).unwrap();
+        db.add_snapshot(&row("web", "1")).unwrap();
+        db.add_snapshot(&row("db", "3")).unwrap();
+        assert!(
+            db.add_snapshot(&row("web", "1")).is_err(),
+            "names are unique per service"
+        );
+        let names = |s: Option<&str>| -> Vec<String> { db.snapshots(s).unwrap().into_iter().map(|r| r.name).collect() };
+        assert_eq!(names(Some("web")), ["1", "2"]);
+        assert_eq!(names(None), ["3", "1", "2"]);
+        db.delete_snapshot(id).unwrap();
+        assert_eq!(names(Some("web")), ["1"]);
+        assert_eq!(db.snapshots(Some("db")).unwrap()[0].size, 42);
     }
 
     #[test]

@@ -21,6 +21,8 @@ use tonic::{Code, Status};
 
 use crate::db::{FleetDb, FleetDbError, NodeRow, PlacementRow, now};
 
+mod snapshots;
+
 type AgentClient = McpAgentServiceClient<Channel>;
 
 /// Why a master operation failed; mapped to a status in one place.

@@ -153,6 +153,7 @@ fn init(config: &Path, a: InitArgs) -> Result<()> {
             mcias: None,
             dns: Default::default(),
             metrics: None,
+            snapshots: Default::default(),
         };
         mcp_common::fsutil::write_atomic(config, toml::to_string_pretty(&cfg)?.as_bytes(), 0o600)?;
         println!("wrote {}", config.display());
@@ -217,6 +218,7 @@ async fn serve(cfg: MasterConfig) -> Result<()> {
         .with_context(|| format!("dns on {:?}", d.listen))?;
         Some(handle)
     };
+    let snapshots = snapshot_schedule(master.clone(), stop_rx.clone());
     let loops = background(master.clone(), cert_store, stop_rx);
     tracing::info!(listen = %cfg.master.listen, node = %cfg.master.node, version = mcp_common::VERSION, "mcp-master serving");
     let result = tonic::transport::Server::builder()
@@ -229,6 +231,7 @@ async fn serve(cfg: MasterConfig) -> Result<()> {
         .await;
     let _ = stop_tx.send(true);
     let _ = loops.await;
+    snapshots.abort();
     if let Some(d) = dns {
         let _ = d.await;
     }
@@ -268,6 +271,25 @@ fn background(
                         tracing::error!(error = %e, "cannot renew the master certificate");
                     }
                 }
+                _ = stop.changed() => break,
+            }
+        }
+    })
+}
+
+/// Scheduled snapshots (`[snapshots] schedule`), checked every minute in
+/// their own task: an archive that takes minutes holds up nothing else.
+fn snapshot_schedule(master: Arc<Master>, mut stop: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if master.cfg.snapshots.interval().is_none() {
+            return;
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        // The first check waits a minute: nodes register after a restart.
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => master.scheduled_snapshots().await,
                 _ = stop.changed() => break,
             }
         }

@@ -230,6 +230,47 @@ impl McpMasterService for MasterService {
         let routes = self.master.edge_routes().await.map_err(Status::from)?;
         Ok(Response::new(proto::ListEdgeRoutesResponse { routes }))
     }
+
+    async fn create_snapshot(
+        &self,
+        req: Request<proto::CreateSnapshotRequest>,
+    ) -> Result<Response<proto::CreateSnapshotResponse>, Status> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        tracing::info!(service = %r.service, caller = %who, request_id = %r.request_id, "snapshot");
+        let resp = self.master.create_snapshot(&r.service, &r.request_id).await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn list_snapshots(
+        &self,
+        req: Request<proto::ListSnapshotsRequest>,
+    ) -> Result<Response<proto::ListSnapshotsResponse>, Status> {
+        let snapshots = self.master.list_snapshots(&req.into_inner().service)?;
+        Ok(Response::new(proto::ListSnapshotsResponse { snapshots }))
+    }
+
+    async fn restore_snapshot(
+        &self,
+        req: Request<proto::RestoreSnapshotRequest>,
+    ) -> Result<Response<proto::RestoreSnapshotResponse>, Status> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        tracing::info!(service = %r.service, at = %r.at, caller = %who, request_id = %r.request_id, "restore snapshot");
+        let resp = self.master.restore_snapshot(&r.service, &r.at, &r.request_id).await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn migrate_service(
+        &self,
+        req: Request<proto::MigrateServiceRequest>,
+    ) -> Result<Response<proto::MigrateServiceResponse>, Status> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        tracing::info!(service = %r.service, to = %r.to, all = r.all, from = %r.from, force = r.force, caller = %who, request_id = %r.request_id, "migrate");
+        let resp = self.master.migrate(r).await?;
+        Ok(Response::new(resp))
+    }
 }
 
 #[tonic::async_trait]

@@ -192,6 +192,7 @@ struct Rpc {
     /// `/mcp.v1.McpAgentService/Deploy`
     path: String,
     server_streaming: bool,
+    client_streaming: bool,
     /// Field number of the request's `name` string, if it has one.
     name_field: Option<i32>,
 }
@@ -213,12 +214,6 @@ fn rpcs() -> Vec<Rpc> {
     for file in &fds.file {
         for svc in &file.service {
             for m in &svc.method {
-                assert!(
-                    !m.client_streaming(),
-                    "{}/{}: client streaming RPCs are not covered by this matrix yet",
-                    svc.name(),
-                    m.name()
-                );
                 let input = messages
                     .get(m.input_type())
                     .unwrap_or_else(|| panic!("no message {}", m.input_type()));
@@ -228,6 +223,7 @@ fn rpcs() -> Vec<Rpc> {
                     service,
                     method: m.name().to_string(),
                     server_streaming: m.server_streaming(),
+                    client_streaming: m.client_streaming(),
                     name_field: input
                         .field
                         .iter()
@@ -359,7 +355,12 @@ async fn call(ch: &Channel, rpc: &Rpc, claimed: &str, body: Named) -> Outcome {
     let mut req = tonic::Request::new(body);
     req.metadata_mut().insert(NODE_METADATA, claimed.parse().unwrap());
     let codec = tonic_prost::ProstCodec::<Named, ()>::default();
-    let result = if rpc.server_streaming {
+    let result = if rpc.client_streaming {
+        // One message; the metadata travels with the stream.
+        let (meta, ext, msg) = req.into_parts();
+        let streamed = tonic::Request::from_parts(meta, ext, tonic::codegen::tokio_stream::iter(vec![msg]));
+        grpc.client_streaming(streamed, path, codec).await.map(|_| ())
+    } else if rpc.server_streaming {
         match grpc.server_streaming(req, path, codec).await {
             Ok(r) => r.into_inner().message().await.map(|_| ()),
             Err(s) => Err(s),

@@ -398,3 +398,39 @@ fn helpers() {
     assert_eq!(parse_memory("2Gi").unwrap(), 2 << 30);
     assert_eq!(parse_memory("1.5g").unwrap(), 3 << 29);
 }
+
+#[test]
+fn snapshot_section() {
+    let cases: &[(&str, &[(&str, &str)])] = &[
+        ("[snapshot]\n", &[]),
+        (
+            "[snapshot]\nmethod = \"default\"\nexclude = [\"*.log\", \"cache/**\"]\n",
+            &[],
+        ),
+        (
+            "[snapshot]\nmethod = \"exec:sqlite3 /d/x.db .dump\"\ncomponent = \"api\"\n",
+            &[],
+        ),
+        (
+            "[snapshot]\nmethod = \"tar\"\n",
+            &[("snapshot.method", "unknown method")],
+        ),
+        ("[snapshot]\nexclude = [\"../etc\"]\n", &[("snapshot.exclude[0]", "..")]),
+        (
+            "[snapshot]\nmethod = \"exec:x\"\ncomponent = \"nope\"\n",
+            &[("snapshot.component", "no component")],
+        ),
+        (
+            "[snapshot]\nschedule = \"daily\"\n",
+            &[("snapshot.schedule", "unknown field")],
+        ),
+    ];
+    for (extra, want) in cases {
+        // [snapshot] must precede [[components]] in TOML.
+        let doc = format!(
+            "name = \"web\"\n{extra}{}",
+            &BASE[BASE.find("[[components]]").unwrap()..]
+        );
+        check(&doc, want);
+    }
+}

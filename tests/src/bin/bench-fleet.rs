@@ -723,6 +723,22 @@ impl McpAgentService for FakeAgent {
     ) -> Result<Response<proto::AdoptResponse>, Status> {
         Err(fake("AdoptContainers"))
     }
+
+    type ExportServiceDataStream = tonic::codegen::BoxStream<proto::DataChunk>;
+
+    async fn export_service_data(
+        &self,
+        _: Request<proto::ExportServiceDataRequest>,
+    ) -> Result<Response<Self::ExportServiceDataStream>, Status> {
+        Err(fake("ExportServiceData"))
+    }
+
+    async fn import_service_data(
+        &self,
+        _: Request<tonic::Streaming<proto::ImportServiceDataRequest>>,
+    ) -> Result<Response<proto::ImportServiceDataResponse>, Status> {
+        Err(fake("ImportServiceData"))
+    }
 }
 
 /// Serves a fake agent like the real one does (TLS 1.3 with its
