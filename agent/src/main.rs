@@ -384,7 +384,16 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
         .await?;
     let _ = stop_tx.send(true);
     let _ = link.await;
-    let _ = background.await;
+    // Boot and monitor work stops at its next step; a stage waiting for
+    // health checks is not waited for (the next start picks it up).
+    let abort = background.abort_handle();
+    if tokio::time::timeout(std::time::Duration::from_secs(5), background)
+        .await
+        .is_err()
+    {
+        abort.abort();
+        tracing::warn!("boot or monitor work interrupted by the shutdown");
+    }
     tracing::info!("mcp-agent stopped; containers keep running");
     Ok(())
 }

@@ -33,8 +33,10 @@ pub struct SnapshotArgs {
 #[derive(Subcommand)]
 pub enum SnapshotCommand {
     /// Stored snapshots, oldest first.
+    #[command(after_help = "Examples:\n  mcp snapshot list\n  mcp snapshot list web --json")]
     List { service: Option<String> },
     /// Stop the service, replace its data with a snapshot, start it again.
+    #[command(after_help = "Examples:\n  mcp snapshot restore web\n  mcp snapshot restore web --at 20261125T03")]
     Restore {
         service: String,
         /// Snapshot name or a prefix of it (e.g. 20261125T03); default the latest.
