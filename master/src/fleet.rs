@@ -492,6 +492,18 @@ impl Master {
             let client = self.agent(node).await?;
             result = tokio::time::timeout(Self::secs(timeout), f(client)).await;
         }
+        self.settle(node, result, || format!("no answer within {timeout} s"))
+            .await
+    }
+
+    /// The result of a timed call to an agent: its answer, or the error,
+    /// dropping the cached connection when it is likely broken.
+    pub(crate) async fn settle<T>(
+        &self,
+        node: &str,
+        result: std::result::Result<std::result::Result<tonic::Response<T>, Status>, tokio::time::error::Elapsed>,
+        timed_out: impl FnOnce() -> String,
+    ) -> Result<T> {
         match result {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(status)) => {
@@ -507,7 +519,7 @@ impl Master {
                 self.forget_client(node).await;
                 Err(FleetError::Unreachable {
                     node: node.to_string(),
-                    reason: format!("no answer within {timeout} s"),
+                    reason: timed_out(),
                 })
             }
         }

@@ -327,25 +327,11 @@ impl Master {
         });
         let mut client = self.agent(node).await?;
         let timeout = Duration::from_secs(self.cfg.timeouts.snapshot);
-        match tokio::time::timeout(timeout, client.import_service_data(first.chain(chunks))).await {
-            Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(status)) => {
-                if matches!(status.code(), Code::Unavailable | Code::Unknown) {
-                    self.forget_client(node).await;
-                }
-                Err(FleetError::Agent {
-                    node: node.to_string(),
-                    status,
-                })
-            }
-            Err(_) => {
-                self.forget_client(node).await;
-                Err(FleetError::Unreachable {
-                    node: node.to_string(),
-                    reason: format!("import did not finish within {} s", timeout.as_secs()),
-                })
-            }
-        }
+        let result = tokio::time::timeout(timeout, client.import_service_data(first.chain(chunks))).await;
+        self.settle(node, result, || {
+            format!("import did not finish within {} s", timeout.as_secs())
+        })
+        .await
     }
 
     async fn agent_op(
