@@ -292,7 +292,7 @@ impl McpAgentService for AgentService {
         Ok(Response::new(proto::NodeStatusResponse {
             name: a.name().to_string(),
             version: mcp_common::VERSION.to_string(),
-            git_commit: mcp_common::GIT_COMMIT.to_string(),
+            git_commit: mcp_common::git_commit().to_string(),
             arch: node::arch().to_string(),
             uptime_seconds: a.started.elapsed().as_secs(),
             podman_version,

@@ -34,5 +34,13 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Git commit of this build (set by the build script), or "unknown".
 pub const GIT_COMMIT: &str = env!("MCP_GIT_COMMIT");
 
+/// [`GIT_COMMIT`] read from the binary's data at run time: an optimised
+/// build may otherwise inline the short constant into instructions, and a
+/// binary whose embedded commit was rewritten (the upgrade tests and
+/// benchmark make "version B" that way) would report the old one.
+pub fn git_commit() -> &'static str {
+    std::hint::black_box(GIT_COMMIT)
+}
+
 /// `<version> (commit <hash>)`, for `--version`.
 pub const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("MCP_GIT_COMMIT"), ")");
