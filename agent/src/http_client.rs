@@ -338,6 +338,34 @@ fn tls_connector(ca: &Path) -> Result<TlsConnector, String> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
+/// For adapter tests: a TLS acceptor for a stand-in server on loopback,
+/// with a certificate for `localhost` and 127.0.0.1 from a CA created in
+/// `dir` (clients trust it through `Ca::cert_path(dir)`).
+#[cfg(test)]
+pub(crate) fn loopback_tls_acceptor(dir: &std::path::Path, ca_name: &str) -> tokio_rustls::TlsAcceptor {
+    use mcp_common::pki::{Ca, LeafRequest};
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let ca = Ca::create(dir, ca_name).expect("create CA");
+    let leaf = ca
+        .issue(&LeafRequest {
+            identity: None,
+            dns_names: vec!["localhost".into()],
+            ips: vec![std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)],
+            days: 30,
+        })
+        .expect("issue certificate");
+    let certs = mcp_common::tls::parse_certs(leaf.chain_pem.as_bytes()).expect("chain");
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -371,7 +371,7 @@ mod tests {
 
     use std::collections::BTreeMap;
     use std::convert::Infallible;
-    use std::net::{IpAddr, SocketAddr};
+    use std::net::SocketAddr;
     use std::path::Path;
     use std::sync::{Arc, Mutex};
 
@@ -380,11 +380,7 @@ mod tests {
     use hyper::header::AUTHORIZATION;
     use hyper::{Response, StatusCode};
     use hyper_util::rt::TokioIo;
-    use mcp_common::pki::{Ca, LeafRequest};
-    use mcp_common::tls::parse_certs;
-    use rustls::ServerConfig;
-    use rustls::pki_types::PrivateKeyDer;
-    use rustls::pki_types::pem::PemObject;
+    use mcp_common::pki::Ca;
     use serde_json::json;
     use tokio::net::TcpListener;
     use tokio_rustls::TlsAcceptor;
@@ -877,24 +873,8 @@ mod tests {
     #[tokio::test]
     async fn https_with_the_configured_ca() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let ca = Ca::create(dir.path(), "mcns test ca").expect("create CA");
-        let leaf = ca
-            .issue(&LeafRequest {
-                identity: None,
-                dns_names: vec!["localhost".into()],
-                ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
-                days: 30,
-            })
-            .expect("issue certificate");
-        let certs = parse_certs(leaf.chain_pem.as_bytes()).expect("chain");
-        let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key");
-        let config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .expect("server config");
-        let fake = Fake::start_with(Some(TlsAcceptor::from(Arc::new(config)))).await;
+        let acceptor = crate::http_client::loopback_tls_acceptor(dir.path(), "mcns test ca");
+        let fake = Fake::start_with(Some(acceptor)).await;
         let (_tdir, token) = token_file(TOKEN);
         for host in ["localhost", "127.0.0.1"] {
             let cfg = McnsConfig {
