@@ -389,7 +389,13 @@ impl Podman {
             binds: (!spec.volumes.is_empty()).then(|| spec.volumes.clone()),
             port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
             restart_policy: Some(restart),
-            network_mode: spec.network.clone(),
+            // Without a network the Docker-compatible API puts a container
+            // on podman's "bridge" network, where `podman run` (and so the
+            // commands of `mcp render`) uses podman's own default
+            // (slirp4netns on podman 4, pasta on 5). "private" asks for that
+            // default: the same network as `podman run`, and ~70 ms faster
+            // to start than the bridge with its rootless network namespace.
+            network_mode: Some(spec.network.clone().unwrap_or_else(|| "private".to_string())),
             memory: spec.memory.map(|m| m as i64),
             nano_cpus: spec.nano_cpus,
             ..Default::default()
@@ -401,6 +407,9 @@ impl Podman {
             user: spec.user.clone(),
             labels: Some(spec.labels.clone().into_iter().collect()),
             exposed_ports: (!spec.ports.is_empty()).then(|| spec.ports.iter().map(|p| format!("{p}/tcp")).collect()),
+            // The compatible API records 0 (kill at once) otherwise; a
+            // `podman stop` by hand or at host shutdown gets the agent's grace.
+            stop_timeout: Some(i64::from(self.stop_timeout)),
             host_config: Some(host_config),
             ..Default::default()
         };

@@ -489,6 +489,23 @@ port = 9090
         .stdout
         .clone();
     assert!(script.contains("podman run -d --name rendered-api"), "{script}");
+    // What podman records about the agent's container, to compare with the
+    // one the rendered command creates: same network mode (podman's own
+    // default, not the Docker API's bridge) and the same stop grace.
+    let settings = |agent: &TestAgent| {
+        agent
+            .podman(&[
+                "inspect",
+                "--format",
+                "{{.HostConfig.NetworkMode}} {{.Config.StopTimeout}}",
+                "rendered-api",
+            ])
+            .expect_code(0, "inspect")
+            .stdout
+            .trim()
+            .to_string()
+    };
+    let by_agent = settings(&agent);
 
     // The agent is gone and so are the containers: paste the commands.
     agent.stop();
@@ -506,6 +523,11 @@ port = 9090
     let env_after = without_hostname(&http_get(port, "/env.txt", WAIT).expect("the rendered container serves"));
     assert_eq!(env_after, env_before, "same environment, quoting intact");
     assert_eq!(http_get(port, "/data/f.txt", WAIT).unwrap(), "file\n");
+    assert_eq!(
+        settings(&agent),
+        by_agent,
+        "agent and `podman run` create the same network and stop grace"
+    );
     // The agent takes the rendered containers as its own: nothing to redo.
     agent.run();
     let r = agent.mcp(&["--json", "deploy", "rendered"]);

@@ -7,13 +7,15 @@ use std::time::{Duration, Instant};
 
 use mcp_tests::{REGISTRY, TestAgent, as_user, free_port, http_get, median};
 
-fn rss_kib(pid: u32) -> u64 {
+/// A `kB` field of /proc/<pid>/status (VmRSS, RssAnon, …) in MiB.
+fn status_mib(pid: u32, field: &str) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
         .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
 }
 
 fn main() {
@@ -108,10 +110,15 @@ fn main() {
     // Idle RSS: give the agent a moment with nothing to do.
     std::thread::sleep(Duration::from_secs(3));
     let pid = agent.pid().expect("agent running");
-    let kib = rss_kib(pid);
     println!(
         "agent idle RSS        {:.1} MiB (target <= 15 MiB)",
-        kib as f64 / 1024.0
+        status_mib(pid, "VmRSS")
+    );
+    // Where it sits: the agent's own code pages (file-backed) vs its heap.
+    println!(
+        "  of which            {:.1} MiB anonymous (heap, stacks), {:.1} MiB file-backed (code)",
+        status_mib(pid, "RssAnon"),
+        status_mib(pid, "RssFile")
     );
     let bin = mcp_tests::bin("mcp-agent");
     let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
