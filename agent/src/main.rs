@@ -147,13 +147,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn write_client(ca: &Ca, identity: Identity, out: &Path, days: i64) -> Result<()> {
-    let issued = ca.issue(&LeafRequest {
-        identity: Some(identity.clone()),
-        days,
-        ..Default::default()
-    })?;
-    issued.write(&out.join("cert.pem"), &out.join("key.pem"))?;
-    mcp_common::fsutil::write_atomic(&out.join("ca.pem"), ca.cert_pem().as_bytes(), 0o644)?;
+    ca.write_client(&identity, out, days)?;
     println!("issued {identity} certificate in {}", out.display());
     Ok(())
 }

@@ -426,26 +426,7 @@ mod tests {
             let addr = listener.local_addr().expect("local address");
             let state = Arc::new(Mutex::new(State::default()));
             let shared = state.clone();
-            let task = tokio::spawn(async move {
-                loop {
-                    let Ok((tcp, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let state = shared.clone();
-                    let tls = tls.clone();
-                    tokio::spawn(async move {
-                        let service = hyper::service::service_fn(move |req| handle(req, state.clone()));
-                        let http = hyper::server::conn::http1::Builder::new();
-                        let _ = match tls {
-                            Some(acceptor) => match acceptor.accept(tcp).await {
-                                Ok(stream) => http.serve_connection(TokioIo::new(stream), service).await,
-                                Err(_) => return,
-                            },
-                            None => http.serve_connection(TokioIo::new(tcp), service).await,
-                        };
-                    });
-                }
-            });
+            let task = mcp_common::endpoint::testing::serve(listener, tls, move |req| handle(req, shared.clone()));
             Fake { addr, state, task }
         }
 
@@ -873,7 +854,7 @@ mod tests {
     #[tokio::test]
     async fn https_with_the_configured_ca() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let acceptor = crate::http_client::loopback_tls_acceptor(dir.path(), "mcns test ca");
+        let acceptor = mcp_common::endpoint::testing::loopback_tls_acceptor(dir.path(), "mcns test ca");
         let fake = Fake::start_with(Some(acceptor)).await;
         let (_tdir, token) = token_file(TOKEN);
         for host in ["localhost", "127.0.0.1"] {

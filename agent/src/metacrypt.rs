@@ -478,7 +478,6 @@ mod tests {
     use hyper::body::Incoming;
     use hyper::header::AUTHORIZATION;
     use hyper::{Response, StatusCode};
-    use hyper_util::rt::TokioIo;
     use mcp_common::pki::{Ca, Issued, LeafRequest};
     use rustls::ServerConfig;
     use tokio::net::TcpListener;
@@ -554,26 +553,7 @@ mod tests {
                 seen: Vec::new(),
             }));
             let shared = state.clone();
-            let task = tokio::spawn(async move {
-                loop {
-                    let Ok((tcp, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let state = shared.clone();
-                    let tls = tls.clone();
-                    tokio::spawn(async move {
-                        let service = hyper::service::service_fn(move |req| handle(req, state.clone()));
-                        let http = hyper::server::conn::http1::Builder::new();
-                        let _ = match tls {
-                            Some(acceptor) => match acceptor.accept(tcp).await {
-                                Ok(stream) => http.serve_connection(TokioIo::new(stream), service).await,
-                                Err(_) => return,
-                            },
-                            None => http.serve_connection(TokioIo::new(tcp), service).await,
-                        };
-                    });
-                }
-            });
+            let task = mcp_common::endpoint::testing::serve(listener, tls, move |req| handle(req, shared.clone()));
             Fake {
                 addr,
                 state,
@@ -980,7 +960,7 @@ mod tests {
     #[tokio::test]
     async fn https_with_the_configured_ca() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let acceptor = crate::http_client::loopback_tls_acceptor(dir.path(), "metacrypt server ca");
+        let acceptor = mcp_common::endpoint::testing::loopback_tls_acceptor(dir.path(), "metacrypt server ca");
         let fake = Fake::start_with(Some(acceptor)).await;
         let (_tdir, token) = token_file(TOKEN);
         for host in ["localhost", "127.0.0.1"] {

@@ -28,17 +28,7 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<u8> {
         );
     }
     match command {
-        Command::Validate { .. }
-        | Command::Build { .. }
-        | Command::Edit { .. }
-        | Command::Completions { .. }
-        | Command::Man { .. }
-        | Command::Agent(_)
-        | Command::Node(NodeCommand::Provision(_))
-        | Command::Render { .. }
-        | Command::Adopt { .. }
-        | Command::Snapshot(_)
-        | Command::Migrate(_) => unreachable!("handled before"),
+        crate::handled_by_run!() => unreachable!("handled before"),
         Command::Deploy { target, node } => deploy(ctx, &target, node).await,
         Command::Undeploy { service, node } => {
             let (name, component) = split_target(&service)?;

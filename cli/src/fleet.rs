@@ -14,17 +14,7 @@ use crate::{Command, DnsCommand, EdgeCommand, NodeCommand, RouteCommand, UsageEr
 /// Runs one command through the master; returns the exit code.
 pub async fn run(ctx: &Ctx, command: Command) -> Result<u8> {
     match command {
-        Command::Validate { .. }
-        | Command::Build { .. }
-        | Command::Edit { .. }
-        | Command::Completions { .. }
-        | Command::Man { .. }
-        | Command::Agent(_)
-        | Command::Node(NodeCommand::Provision(_))
-        | Command::Render { .. }
-        | Command::Adopt { .. }
-        | Command::Snapshot(_)
-        | Command::Migrate(_) => unreachable!("handled before"),
+        crate::handled_by_run!() => unreachable!("handled before"),
         Command::Deploy { target, node } => {
             if node.is_some() {
                 usage!("--node is for --direct mode; pin the service with `node = ...` in its definition");

@@ -36,6 +36,25 @@ macro_rules! usage {
     ($($t:tt)*) => { return Err(anyhow::Error::new($crate::UsageError(format!($($t)*)))) };
 }
 
+/// The pattern of the commands [`run`] handles itself, the same in both
+/// modes: `direct::run` and `fleet::run` never see them.
+#[macro_export]
+macro_rules! handled_by_run {
+    () => {
+        $crate::Command::Validate { .. }
+            | $crate::Command::Build { .. }
+            | $crate::Command::Edit { .. }
+            | $crate::Command::Completions { .. }
+            | $crate::Command::Man { .. }
+            | $crate::Command::Agent(_)
+            | $crate::Command::Node($crate::NodeCommand::Provision(_))
+            | $crate::Command::Render { .. }
+            | $crate::Command::Adopt { .. }
+            | $crate::Command::Snapshot(_)
+            | $crate::Command::Migrate(_)
+    };
+}
+
 #[derive(Parser)]
 #[command(
     name = "mcp",

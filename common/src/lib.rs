@@ -15,6 +15,7 @@ pub mod proto {
 pub mod config;
 pub mod convert;
 pub mod db;
+pub mod endpoint;
 pub mod fsutil;
 pub mod identity;
 pub mod join;

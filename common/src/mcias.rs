@@ -49,26 +49,20 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT};
-use http::{HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{HeaderValue, Method, Request, StatusCode};
+use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, RootCertStore};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
+use crate::endpoint::Endpoint;
 use crate::identity::Identity;
 use crate::service::check_name;
-use crate::tls::{error_chain, parse_certs};
 
 /// Path of the validate endpoint below the configured base URL.
 const VALIDATE_PATH: &str = "/v1/token/validate";
@@ -190,8 +184,9 @@ impl Clock for SystemClock {
 
 /// Validates MCIAS bearer tokens and caches successful validations.
 pub struct Mcias {
-    target: Target,
-    tls: Option<TlsConnector>,
+    endpoint: Endpoint,
+    /// Path of the validate endpoint, under the URL's base path.
+    validate_path: String,
     timeout: Duration,
     cache_ttl: Duration,
     roles: RoleMap,
@@ -202,7 +197,7 @@ pub struct Mcias {
 impl fmt::Debug for Mcias {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Mcias")
-            .field("url", &self.target.url)
+            .field("url", &self.endpoint.url)
             .field("timeout", &self.timeout)
             .field("cache_ttl", &self.cache_ttl)
             .finish_non_exhaustive()
@@ -218,22 +213,7 @@ impl Mcias {
     /// Like [`Mcias::new`], with the given clock.
     pub fn with_clock(cfg: &MciasConfig, clock: Arc<dyn Clock>) -> Result<Mcias, MciasError> {
         let mut errors = Vec::new();
-        let target = Target::parse(&cfg.url).map_err(|e| errors.push(e)).ok();
-        let tls = match (&target, &cfg.ca) {
-            (Some(t), Some(ca)) if t.https => tls_connector(ca).map_err(|e| errors.push(e)).ok(),
-            (Some(t), None) if t.https => {
-                errors.push(format!(
-                    "ca: required for {}: there are no system roots to trust",
-                    t.url
-                ));
-                None
-            }
-            (Some(t), Some(_)) => {
-                errors.push(format!("ca: set, but {} is plain http", t.url));
-                None
-            }
-            _ => None,
-        };
+        let endpoint = Endpoint::new(&cfg.url, cfg.ca.as_deref(), &mut errors);
         if cfg.timeout == 0 {
             errors.push("timeout: must be at least 1 second".into());
         }
@@ -254,10 +234,10 @@ impl Mcias {
         if let Some(bad) = cfg.human_roles.iter().find(|r| r.trim().is_empty()) {
             errors.push(format!("human_roles: {bad:?} is not a role"));
         }
-        match target {
-            Some(target) if errors.is_empty() => Ok(Mcias {
-                target,
-                tls,
+        match endpoint {
+            Some(endpoint) if errors.is_empty() => Ok(Mcias {
+                validate_path: format!("{}{VALIDATE_PATH}", endpoint.base_path),
+                endpoint,
                 timeout: Duration::from_secs(cfg.timeout),
                 cache_ttl: Duration::from_secs(cfg.cache_seconds),
                 roles: RoleMap {
@@ -316,29 +296,13 @@ impl Mcias {
     /// One validate exchange with MCIAS, bounded by the timeout.
     async fn ask(&self, token: &str) -> Result<(StatusCode, Bytes), MciasError> {
         let request = self.request(token)?;
-        let exchange = async {
-            let tcp = TcpStream::connect((self.target.host.as_str(), self.target.port))
-                .await
-                .map_err(|e| format!("cannot connect: {e}"))?;
-            // Best effort: only latency depends on it.
-            let _ = tcp.set_nodelay(true);
-            match &self.tls {
-                Some(connector) => {
-                    let tls = connector
-                        .connect(self.target.server_name.clone(), tcp)
-                        .await
-                        .map_err(|e| format!("tls: {}", error_chain(&e)))?;
-                    send(TokioIo::new(tls), request).await
-                }
-                None => send(TokioIo::new(tcp), request).await,
-            }
-        };
+        let exchange = self.endpoint.exchange(request, MAX_ANSWER_LEN);
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(reason)) => Err(MciasError::Unavailable(format!("{}: {reason}", self.target.url))),
+            Ok(Err(reason)) => Err(MciasError::Unavailable(format!("{}: {reason}", self.endpoint.url))),
             Err(_) => Err(MciasError::Unavailable(format!(
                 "{}: no answer within {}s",
-                self.target.url,
+                self.endpoint.url,
                 self.timeout.as_secs()
             ))),
         }
@@ -352,14 +316,14 @@ impl Mcias {
             .map_err(|e| MciasError::Invalid(format!("token cannot be encoded: {e}")))?;
         Request::builder()
             .method(Method::POST)
-            .uri(self.target.path.as_str())
-            .header(HOST, self.target.authority.as_str())
+            .uri(self.validate_path.as_str())
+            .header(HOST, self.endpoint.authority.as_str())
             .header(AUTHORIZATION, bearer)
             .header(CONTENT_TYPE, "application/json")
             .header(ACCEPT, "application/json")
             .header(USER_AGENT, concat!("mcp/", env!("CARGO_PKG_VERSION")))
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| MciasError::Unavailable(format!("{}: cannot build request: {e}", self.target.url)))
+            .map_err(|e| MciasError::Unavailable(format!("{}: cannot build request: {e}", self.endpoint.url)))
     }
 }
 
@@ -377,122 +341,6 @@ fn check_token_shape(token: &str) -> Result<(), MciasError> {
         ));
     }
     Ok(())
-}
-
-/// Stops a spawned task when dropped, so a timed-out exchange leaves nothing behind.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Sends one HTTP/1.1 request on a fresh connection and reads the answer.
-async fn send<IO>(io: IO, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), String>
-where
-    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| format!("http: {}", error_chain(&e)))?;
-    let _driver = AbortOnDrop(tokio::spawn(async move {
-        let _ = connection.await;
-    }));
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("http: {}", error_chain(&e)))?;
-    let status = response.status();
-    let body = Limited::new(response.into_body(), MAX_ANSWER_LEN)
-        .collect()
-        .await
-        .map_err(|e| format!("reading the answer: {}", error_chain(&*e)))?
-        .to_bytes();
-    Ok((status, body))
-}
-
-/// Where MCIAS is, parsed from the configured URL.
-#[derive(Debug, Clone)]
-struct Target {
-    url: String,
-    https: bool,
-    /// Host to connect to (IPv6 without brackets).
-    host: String,
-    port: u16,
-    /// `Host` header value.
-    authority: String,
-    /// Path of the validate endpoint, including any base path.
-    path: String,
-    server_name: ServerName<'static>,
-}
-
-impl Target {
-    fn parse(url: &str) -> Result<Target, String> {
-        let uri: Uri = url.parse().map_err(|e| format!("url: {url:?} is not a URL: {e}"))?;
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => {
-                return Err(format!(
-                    "url: {url:?} must start with https:// (or http:// to loopback)"
-                ));
-            }
-        };
-        let authority = uri.authority().ok_or_else(|| format!("url: {url:?} has no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(format!("url: {url:?} must not carry credentials"));
-        }
-        if uri.query().is_some() {
-            return Err(format!("url: {url:?} must not have a query"));
-        }
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        if host.is_empty() {
-            return Err(format!("url: {url:?} has no host"));
-        }
-        let ip = host.parse::<IpAddr>().ok();
-        let loopback = host.eq_ignore_ascii_case("localhost") || ip.is_some_and(|ip| ip.is_loopback());
-        if !https && !loopback {
-            return Err(format!(
-                "url: {url:?} is plain http to a host that is not loopback: use https"
-            ));
-        }
-        let server_name = match ip {
-            Some(ip) => ServerName::IpAddress(ip.into()),
-            None => ServerName::try_from(host.clone()).map_err(|e| format!("url: {url:?}: {e}"))?,
-        };
-        Ok(Target {
-            url: url.to_string(),
-            https,
-            port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
-            authority: authority.as_str().to_string(),
-            path: format!("{}{VALIDATE_PATH}", uri.path().trim_end_matches('/')),
-            host,
-            server_name,
-        })
-    }
-}
-
-/// TLS 1.3 client trusting only the CA in `ca` (ring provider, no client certificate).
-fn tls_connector(ca: &Path) -> Result<TlsConnector, String> {
-    let shown = ca.display();
-    let pem = std::fs::read(ca).map_err(|e| format!("ca: {shown}: {e}"))?;
-    let mut roots = RootCertStore::empty();
-    for cert in parse_certs(&pem).map_err(|e| format!("ca: {shown}: {e}"))? {
-        roots.add(cert).map_err(|e| format!("ca: {shown}: {e}"))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| format!("tls: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 /// The body MCIAS answers a validation with (unknown fields ignored).

@@ -279,6 +279,22 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// Issues a client certificate for `identity` valid `days` into `out`:
+    /// `cert.pem`, `key.pem` (0600) and the CA as `ca.pem`: what the CLI's
+    /// `[auth]` section points at.
+    pub fn write_client(&self, identity: &Identity, out: &Path, days: i64) -> Result<(), PkiError> {
+        let issued = self.issue(&LeafRequest {
+            identity: Some(identity.clone()),
+            days,
+            ..Default::default()
+        })?;
+        issued.write(&out.join("cert.pem"), &out.join("key.pem"))?;
+        fsutil::write_atomic(&out.join("ca.pem"), self.cert_pem.as_bytes(), 0o644)?;
+        Ok(())
+    }
+}
+
 impl Issued {
     /// Writes the chain (0644) and key (0600).
     pub fn write(&self, cert: &Path, key: &Path) -> Result<(), FileError> {

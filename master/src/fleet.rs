@@ -849,8 +849,9 @@ impl Master {
         }
     }
 
-    /// Every node's services, in parallel; unreachable nodes are reported.
-    pub async fn list(&self) -> Result<proto::FleetServices> {
+    /// ListServices of every worker node (edge nodes run no services), in
+    /// parallel: (node, answer).
+    async fn list_workers(&self) -> Vec<(String, Result<proto::ListServicesResponse>)> {
         let nodes: Vec<String> = self
             .read_nodes()
             .values()
@@ -866,7 +867,12 @@ impl Master {
                 .await;
             (n.clone(), r)
         });
-        let results = join_all(calls).await;
+        join_all(calls).await
+    }
+
+    /// Every node's services, in parallel; unreachable nodes are reported.
+    pub async fn list(&self) -> Result<proto::FleetServices> {
+        let results = self.list_workers().await;
         let placements = self.db.placements()?;
         let mut missing = Vec::new();
         let mut out = Vec::new();
@@ -1445,23 +1451,8 @@ impl Master {
     /// master's own records (agents are not touched).
     pub async fn reconcile(&self) -> Result<Vec<String>> {
         let mut report = Vec::new();
-        let nodes: Vec<String> = self
-            .read_nodes()
-            .values()
-            .filter(|n| n.role != "edge")
-            .map(|n| n.name.clone())
-            .collect();
-        let timeout = self.cfg.timeouts.health_check;
-        let calls = nodes.iter().map(|n| async move {
-            let r = self
-                .call(n, timeout, |mut c| async move {
-                    c.list_services(proto::ListServicesRequest {}).await
-                })
-                .await;
-            (n.clone(), r)
-        });
         let mut answered: HashMap<String, Vec<proto::ServiceInfo>> = HashMap::new();
-        for (node, r) in join_all(calls).await {
+        for (node, r) in self.list_workers().await {
             match r {
                 Ok(list) => {
                     answered.insert(node, list.services);

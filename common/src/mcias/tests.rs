@@ -2,20 +2,19 @@
 //! contract described in the module documentation.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::Response;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use rustls::ServerConfig;
-use rustls::pki_types::PrivateKeyDer;
-use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use super::*;
-use crate::pki::{Ca, LeafRequest};
+use crate::pki::Ca;
 
 /// What the test server does with every request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,26 +46,7 @@ impl Server {
         let addr = listener.local_addr().expect("local address");
         let hits = Arc::new(AtomicUsize::new(0));
         let counter = hits.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let counter = counter.clone();
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| answer(req, mode, counter.clone()));
-                    let http = hyper::server::conn::http1::Builder::new();
-                    let _ = match tls {
-                        Some(acceptor) => match acceptor.accept(tcp).await {
-                            Ok(stream) => http.serve_connection(TokioIo::new(stream), service).await,
-                            Err(_) => return,
-                        },
-                        None => http.serve_connection(TokioIo::new(tcp), service).await,
-                    };
-                });
-            }
-        });
+        let task = crate::endpoint::testing::serve(listener, tls, move |req| answer(req, mode, counter.clone()));
         Server { addr, hits, task }
     }
 
@@ -265,9 +245,8 @@ fn config_errors_are_all_reported() {
     for ok in ["http://127.0.0.1:1", "http://localhost:1/base/", "http://[::1]:1"] {
         Mcias::new(&MciasConfig::new(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
     }
-    let target = Target::parse("http://[::1]:8080/base/").expect("parses");
-    assert_eq!((target.host.as_str(), target.port), ("::1", 8080));
-    assert_eq!(target.path, "/base/v1/token/validate");
+    let mcias = Mcias::new(&MciasConfig::new("http://[::1]:8080/base/")).expect("parses");
+    assert_eq!(mcias.validate_path, "/base/v1/token/validate");
 }
 
 #[test]
@@ -479,25 +458,7 @@ async fn slow_server_times_out() {
 
 /// A CA in `dir` and a TLS 1.3 acceptor for localhost and 127.0.0.1 signed by it.
 fn tls_server_setup(dir: &Path) -> TlsAcceptor {
-    let ca = Ca::create(dir, "mcias test ca").expect("create CA");
-    let leaf = ca
-        .issue(&LeafRequest {
-            identity: None,
-            dns_names: vec!["localhost".into()],
-            ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
-            days: 30,
-        })
-        .expect("issue certificate");
-    let certs = parse_certs(leaf.chain_pem.as_bytes()).expect("chain");
-    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key");
-    let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("tls 1.3")
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .expect("server config");
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    TlsAcceptor::from(Arc::new(config))
+    crate::endpoint::testing::loopback_tls_acceptor(dir, "mcias test ca")
 }
 
 #[tokio::test]
