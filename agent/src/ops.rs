@@ -574,8 +574,22 @@ impl Agent {
             match a {
                 Action::Keep { .. } | Action::Remove { .. } => {}
                 Action::Start { spec, .. } => {
-                    self.podman.start(&spec.name).await?;
-                    undo.push(Undo::Stop(spec.name.clone()));
+                    match self.podman.start(&spec.name).await {
+                        Ok(()) => undo.push(Undo::Stop(spec.name.clone())),
+                        Err(e) if e.is_wedged() => {
+                            // Podman can neither start nor stop it (left
+                            // "stopping" by an unclean shutdown): the
+                            // registry has its spec, so make it again.
+                            let note = format!("{}: {e}; recreated from the registry", spec.name);
+                            tracing::warn!(container = %spec.name, error = %e, "recreating a container podman cannot start");
+                            warnings.push(note);
+                            self.podman.discard(&spec.name).await?;
+                            self.podman.create(&spec.with_hash_label()).await?;
+                            undo.push(Undo::Remove(spec.name.clone()));
+                            self.podman.start(&spec.name).await?;
+                        }
+                        Err(e) => return Err(e),
+                    }
                     observed.insert(spec.name.clone(), self.check_running(&spec.name).await?);
                 }
                 Action::Stop { container, .. } => {

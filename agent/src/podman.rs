@@ -39,6 +39,16 @@ pub enum PodmanError {
     Other(String),
 }
 
+impl PodmanError {
+    /// A start refused because of the container's state although it is not
+    /// running: podman 4 leaves a container "stopping" for good when the
+    /// host or its conmon dies during a stop, and then neither starts nor
+    /// stops it; only removing it helps.
+    pub fn is_wedged(&self) -> bool {
+        matches!(self, PodmanError::Container { action: "start", reason, .. } if reason.contains("state improper"))
+    }
+}
+
 /// What podman says about one container.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observed {
@@ -488,6 +498,13 @@ impl Podman {
     /// Removes a container, stopping it first (no error if missing).
     pub async fn remove(&self, name: &str) -> Result<(), PodmanError> {
         self.stop(name).await?;
+        self.discard(name).await
+    }
+
+    /// Removes a container at once, without a stop and its grace (podman
+    /// kills what still runs); no error if missing. For a container that
+    /// cannot be stopped any more.
+    pub async fn discard(&self, name: &str) -> Result<(), PodmanError> {
         let opts = RemoveContainerOptionsBuilder::default().force(true).build();
         match self.docker().remove_container(name, Some(opts)).await {
             Ok(()) => Ok(()),

@@ -444,6 +444,78 @@ fn recover_after_podman_system_reset() {
     agent.stop();
 }
 
+/// An unclean shutdown in the middle of a stop (host or conmon killed while
+/// podman waits for the container to exit) leaves the container "stopping"
+/// in podman's database for good: podman neither starts nor stops it. The
+/// agent's boot makes it again from the registry.
+#[test]
+fn a_container_wedged_in_stopping_is_recreated_at_boot() {
+    let mut agent = TestAgent::start("wedge");
+    // PID 1 of the container ignores SIGTERM, so a stop waits its full grace.
+    let cmd = r#"cmd = ["sh", "-c", "trap '' TERM; exec httpd -f -p 0.0.0.0:$PORT -h /www"]"#;
+    agent.define("wedged", &simple_def("wedged", &web("v1"), cmd));
+    agent.mcp(&["deploy", "wedged"]).expect_code(0, "deploy");
+    let port = host_port(&status(&agent, "wedged"));
+    assert!(http_get(port, "/version.txt", WAIT).is_some(), "serves");
+    let id_before = agent.inspect("wedged", "{{.Id}}").expect("container");
+
+    agent.stop();
+    let field = |f: &str| agent.inspect("wedged", f).expect("inspect");
+    let (pid, conmon) = (field("{{.State.Pid}}"), field("{{.State.ConmonPid}}"));
+    let mut stopper = as_user(agent.user, Path::new("/usr/bin/podman"))
+        .args(["stop", "-t", "120", "wedged"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("podman stopping the container", WAIT, || {
+        state(&agent, "wedged") == "stopping"
+    });
+    let _ = stopper.kill();
+    let _ = stopper.wait();
+    for p in [&conmon, &pid] {
+        unsafe { libc::kill(p.parse().expect("pid"), libc::SIGKILL) };
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        state(&agent, "wedged"),
+        "stopping",
+        "the precondition: a wedged container"
+    );
+    let refused = agent.podman(&["start", "wedged"]);
+    assert_ne!(refused.code, 0, "podman itself cannot start it");
+
+    agent.run();
+    let deadline = std::time::Instant::now() + WAIT;
+    let recreated = loop {
+        let done = state(&agent, "wedged") == "running"
+            && agent.inspect("wedged", "{{.Id}}").is_some_and(|id| id != id_before);
+        if done || std::time::Instant::now() > deadline {
+            break done;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        recreated,
+        "the container recreated and running (state {}):\n{}",
+        state(&agent, "wedged"),
+        agent.log()
+    );
+    assert_eq!(host_port(&status(&agent, "wedged")), port, "same host port");
+    assert!(http_get(port, "/version.txt", WAIT).is_some(), "serves again");
+    assert!(
+        agent.log().contains("recreating a container podman cannot start"),
+        "{}",
+        agent.log()
+    );
+    // Nothing left to do.
+    let again = agent.mcp(&["--json", "agent", "recover", "wedge"]);
+    again.expect_code(0, "recover");
+    assert_eq!(again.json()["nodes"][0]["created"], 0, "{}", again.stdout);
+    agent.mcp(&["undeploy", "wedged"]).expect_code(0, "undeploy");
+    agent.stop();
+}
+
 #[test]
 fn render_output_runs_and_adopt_takes_over() {
     let mut agent = TestAgent::start("rend");
