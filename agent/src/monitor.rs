@@ -422,22 +422,11 @@ pub fn alert(agent: &Agent, service: &str, component: &str, kind: &str, message:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn spec() -> ContainerSpec {
         ContainerSpec {
-            name: "web".into(),
-            image: "r/web:v1".into(),
-            cmd: vec![],
-            env: vec![],
             ports: vec![10002, 10001],
-            volumes: vec![],
-            network: None,
-            user: None,
-            restart: "unless-stopped".into(),
-            memory: None,
-            nano_cpus: None,
-            labels: BTreeMap::new(),
+            ..ContainerSpec::bare("web", "r/web:v1")
         }
     }
 

@@ -148,20 +148,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn spec(name: &str, image: &str) -> ContainerSpec {
-        ContainerSpec {
-            name: name.into(),
-            image: image.into(),
-            cmd: vec![],
-            env: vec![],
-            ports: vec![],
-            volumes: vec![],
-            network: None,
-            user: None,
-            restart: "unless-stopped".into(),
-            memory: None,
-            nano_cpus: None,
-            labels: BTreeMap::new(),
-        }
+        ContainerSpec::bare(name, image)
     }
 
     fn seen(s: &ContainerSpec, running: bool) -> (String, Seen) {

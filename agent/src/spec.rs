@@ -35,6 +35,27 @@ pub struct ContainerSpec {
     pub labels: BTreeMap<String, String>,
 }
 
+#[cfg(test)]
+impl ContainerSpec {
+    /// A bare spec for unit tests: no ports, env, volumes or limits.
+    pub(crate) fn bare(name: &str, image: &str) -> ContainerSpec {
+        ContainerSpec {
+            name: name.into(),
+            image: image.into(),
+            cmd: vec![],
+            env: vec![],
+            ports: vec![],
+            volumes: vec![],
+            network: None,
+            user: None,
+            restart: "unless-stopped".into(),
+            memory: None,
+            nano_cpus: None,
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
 impl ContainerSpec {
     /// Builds the spec of `component`; `ports` maps route key → host port.
     pub fn build(

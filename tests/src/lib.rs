@@ -61,6 +61,36 @@ pub fn fleet_users() -> [User; 3] {
         test_user("mcpt3", 8513),
     ]
 }
+/// A `kB` field of /proc/<pid>/status (`VmRSS`, `VmHWM`, `RssAnon`, …) in
+/// KiB; 0 when the process or the field is gone.
+pub fn proc_status_kib(pid: impl std::fmt::Display, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `dig` for an A record at a DNS server on 127.0.0.1:`port` (no
+/// recursion, one 2 s try): its whole answer.
+pub fn dig(port: u16, name: &str) -> String {
+    let out = Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "+norecurse",
+            "+time=2",
+            "+tries=1",
+            name,
+            "A",
+        ])
+        .output()
+        .expect("dig (bind9-dnsutils) is installed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Median of benchmark samples (sorts them).
 pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use mcp_tests::{REGISTRY, TestAgent, TestMaster, fleet_users, free_port, wait_for};
+use mcp_tests::{REGISTRY, TestAgent, TestMaster, dig, fleet_users, free_port, wait_for};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -32,23 +32,6 @@ fn with_proxy(agent: &TestAgent, map: &[(u16, u16)]) {
         proxy.insert("handshake_timeout".into(), 3.into());
         c.insert("proxy".into(), proxy.into());
     });
-}
-
-fn dig(port: u16, name: &str) -> String {
-    let out = Command::new("dig")
-        .args([
-            &format!("@127.0.0.1"),
-            "-p",
-            &port.to_string(),
-            "+norecurse",
-            "+time=2",
-            "+tries=1",
-            name,
-            "A",
-        ])
-        .output()
-        .expect("dig (bind9-dnsutils) is installed");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn curl(args: &[&str]) -> (i32, String, String) {

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use mcp_tests::{REGISTRY, TestAgent, TestMaster, fleet_users, free_port, http_get, repo_root, wait_for};
+use mcp_tests::{REGISTRY, TestAgent, TestMaster, dig, fleet_users, free_port, http_get, repo_root, wait_for};
 use prometheus_parse::{Scrape, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -61,23 +61,6 @@ fn metrics_section(port: u16) -> toml::Value {
     let mut t = toml::Table::new();
     t.insert("listen".into(), format!("127.0.0.1:{port}").into());
     t.into()
-}
-
-fn dig(port: u16, name: &str) -> String {
-    let out = Command::new("dig")
-        .args([
-            "@127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "+norecurse",
-            "+time=2",
-            "+tries=1",
-            name,
-            "A",
-        ])
-        .output()
-        .expect("dig (bind9-dnsutils) is installed");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

@@ -7,15 +7,8 @@ use std::time::{Duration, Instant};
 
 use mcp_tests::{REGISTRY, TestAgent, as_user, free_port, http_get, median};
 
-/// A `kB` field of /proc/<pid>/status (VmRSS, RssAnon, …) in MiB.
 fn status_mib(pid: u32, field: &str) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
+    mcp_tests::proc_status_kib(pid, field) as f64 / 1024.0
 }
 
 fn main() {

@@ -36,7 +36,7 @@ use mcp_common::proto::mcp_agent_service_server::{McpAgentService, McpAgentServi
 use mcp_common::proto::mcp_registration_service_client::McpRegistrationServiceClient;
 use mcp_common::proto::{self};
 use mcp_common::tls::{self, TlsFiles};
-use mcp_tests::{TestMaster, median};
+use mcp_tests::{TestMaster, median, proc_status_kib};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -131,16 +131,6 @@ fn cpu_seconds(pid: &str) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     ticks as f64 / hz
-}
-
-/// A `/proc/<pid>/status` value in KiB (VmRSS, VmHWM).
-fn status_kib(pid: &str, key: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Soft "Max open files" of a process.
@@ -507,8 +497,8 @@ fn fleet(rt: &tokio::runtime::Runtime, n: usize, a: &Args) -> FleetResult {
     let window = t0.elapsed().as_secs_f64();
     let master_cpu = (cpu_seconds(&pid) - cpu0) / window * 100.0;
     let sim_cpu = (cpu_seconds("self") - sim0) / window * 100.0;
-    let rss_kib = status_kib(&pid, "VmRSS:");
-    let hwm_kib = status_kib(&pid, "VmHWM:");
+    let rss_kib = proc_status_kib(&pid, "VmRSS");
+    let hwm_kib = proc_status_kib(&pid, "VmHWM");
 
     let mut timed: Vec<(u64, f64)> = samples.iter().filter_map(|s| s.as_ref().ok().copied()).collect();
     timed.sort_unstable_by_key(|t| std::cmp::Reverse(t.0));

@@ -12,18 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use mcp_tests::{REGISTRY, TestAgent, TestMaster, fleet_users, user_dir, wait_for};
+use mcp_tests::{REGISTRY, TestAgent, TestMaster, fleet_users, proc_status_kib, user_dir, wait_for};
 
 const MIB: u64 = 1024 * 1024;
-
-fn status_kib(pid: u32, key: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 /// Peak VmRSS of `pid` while `f` runs, in KiB.
 fn sampled<T>(pids: &[u32], f: impl FnOnce() -> T) -> (T, Vec<u64>) {
@@ -34,7 +25,7 @@ fn sampled<T>(pids: &[u32], f: impl FnOnce() -> T) -> (T, Vec<u64>) {
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 for (i, pid) in pids.iter().enumerate() {
-                    peaks[i].fetch_max(status_kib(*pid, "VmRSS:"), Ordering::SeqCst);
+                    peaks[i].fetch_max(proc_status_kib(*pid, "VmRSS"), Ordering::SeqCst);
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -168,7 +159,7 @@ fn main() {
     // Let the processes settle before the baselines.
     std::thread::sleep(Duration::from_secs(2));
     let pids = [agent.pid().unwrap(), master.pid().unwrap()];
-    let base: Vec<u64> = pids.iter().map(|p| status_kib(*p, "VmRSS:")).collect();
+    let base: Vec<u64> = pids.iter().map(|p| proc_status_kib(*p, "VmRSS")).collect();
 
     let t = Instant::now();
     let (snap, peak_snap) = sampled(&pids, || master.mcp(&["--json", "snapshot", "benchdata"]));
@@ -182,7 +173,7 @@ fn main() {
     restore.expect_code(0, "restore");
     let restored = dir_size(&data);
     assert!(restored + MIB > bytes, "restored {restored} of {bytes} bytes");
-    let hwm: Vec<u64> = pids.iter().map(|p| status_kib(*p, "VmHWM:")).collect();
+    let hwm: Vec<u64> = pids.iter().map(|p| proc_status_kib(*p, "VmHWM")).collect();
 
     let mb = bytes as f64 / 1e6;
     println!(
