@@ -80,6 +80,19 @@ impl TestMaster {
         std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
     }
 
+    /// Edits the configuration so the master serves its DNS zone on
+    /// 127.0.0.1:`port`.
+    pub fn serve_dns(&self, port: u16) {
+        self.configure(|c| {
+            let mut dns = toml::Table::new();
+            dns.insert(
+                "listen".into(),
+                vec![toml::Value::from(format!("127.0.0.1:{port}"))].into(),
+            );
+            c.insert("dns".into(), dns.into());
+        });
+    }
+
     /// `host:port` of the master.
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)

@@ -51,14 +51,7 @@ fn curl(args: &[&str]) -> (i32, String, String) {
 fn certificates_dns_proxy_and_edge() {
     let dns_port = free_port();
     let mut master = TestMaster::init("w1");
-    master.configure(|c| {
-        let mut dns = toml::Table::new();
-        dns.insert(
-            "listen".into(),
-            vec![toml::Value::from(format!("127.0.0.1:{dns_port}"))].into(),
-        );
-        c.insert("dns".into(), dns.into());
-    });
+    master.serve_dns(dns_port);
     master.run();
     let (https, raw, edge_https) = (free_port(), free_port(), free_port());
     let mut worker = TestAgent::join(&master, fleet_users()[0], "w1", "master");

@@ -67,13 +67,8 @@ fn metrics_section(port: u16) -> toml::Value {
 fn metrics_follow_deploys_dns_proxy_and_drift() {
     let (dns_port, master_metrics, agent_metrics, https) = (free_port(), free_port(), free_port(), free_port());
     let mut master = TestMaster::init("o1");
+    master.serve_dns(dns_port);
     master.configure(|c| {
-        let mut dns = toml::Table::new();
-        dns.insert(
-            "listen".into(),
-            vec![toml::Value::from(format!("127.0.0.1:{dns_port}"))].into(),
-        );
-        c.insert("dns".into(), dns.into());
         c.insert("metrics".into(), metrics_section(master_metrics));
     });
     master.run();
