@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use mcp_common::service::{self, ComponentDef, ServiceDef};
+use mcp_model::service::{self, ComponentDef, ServiceDef};
 
 use crate::ops::{Agent, OpError};
 use crate::podman::{LABEL_COMPONENT, LABEL_NODE, LABEL_SERVICE};

@@ -6,8 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config::BootSection;
 use futures::StreamExt;
-use mcp_common::config::{BootSection, parse_duration};
+use mcp_infra::config::parse_duration;
 
 use crate::ops::{Agent, OpError, Revived};
 
@@ -344,7 +345,7 @@ pub async fn recover(agent: &Arc<Agent>) -> Result<Report, OpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mcp_common::config::BootStage;
+    use crate::config::BootStage;
 
     fn stage(name: &str, services: &[&str]) -> BootStage {
         BootStage {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use mcp_common::service::{ComponentDef, HealthDef};
+use mcp_model::service::{ComponentDef, HealthDef};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -100,8 +100,8 @@ async fn http(port: u16, path: &str) -> Result<(), String> {
 
 /// grpc.health.v1 Check (plaintext h2) for the whole server: SERVING.
 async fn grpc(port: u16) -> Result<(), String> {
-    use crate::proxy::pb::health::health_check_response::ServingStatus;
-    use crate::proxy::pb::health::{HealthCheckRequest, health_client::HealthClient};
+    use crate::pb::health::health_check_response::ServingStatus;
+    use crate::pb::health::{HealthCheckRequest, health_client::HealthClient};
     let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
         .map_err(|e| e.to_string())?
         .connect()

@@ -17,7 +17,7 @@ use http_body_util::Full;
 use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT};
 use hyper::http::HeaderValue;
 use hyper::{Method, Request, StatusCode};
-use mcp_common::endpoint::Endpoint;
+use mcp_infra::endpoint::Endpoint;
 use serde_json::Value;
 
 /// Largest answer read.

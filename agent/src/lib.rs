@@ -3,6 +3,7 @@
 
 pub mod adopt;
 pub mod boot;
+pub mod config;
 pub mod health;
 pub mod http_client;
 pub mod link;
@@ -12,6 +13,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod node;
 pub mod ops;
+pub mod pb;
 pub mod plan;
 pub mod platform;
 pub mod podman;

@@ -5,11 +5,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mcp_common::config::AgentConfig;
-use mcp_common::identity::{Identity, NODE_METADATA};
-use mcp_common::join::JoinToken;
-use mcp_common::proto::{self, mcp_registration_service_client::McpRegistrationServiceClient};
-use mcp_common::tls::{self, CertStore};
+use crate::config::AgentConfig;
+use mcp_infra::tls::{self, CertStore};
+use mcp_model::identity::{Identity, NODE_METADATA};
+use mcp_model::join::JoinToken;
+use mcp_proto::{self as proto, mcp_registration_service_client::McpRegistrationServiceClient};
 use tonic::transport::Channel;
 
 use crate::ops::Agent;
@@ -27,7 +27,7 @@ pub struct Joined {
 /// verified against the CA fingerprint carried by the token.
 pub async fn join(master: &str, token: &JoinToken, dns: Vec<String>, ips: Vec<IpAddr>) -> anyhow::Result<Joined> {
     let node = Identity::Agent(token.node.clone());
-    let req = mcp_common::pki::make_csr(&node, &dns, &ips)?;
+    let req = mcp_infra::pki::make_csr(&node, &dns, &ips)?;
     let config = tls::pinned_client_config(&token.ca_fingerprint, Identity::Master)?;
     let timeouts = tls::Timeouts {
         connect: Duration::from_secs(10),
@@ -62,7 +62,7 @@ fn request<T>(node: &str, msg: T) -> tonic::Request<T> {
 /// Backoff with jitter: 1 s doubling to a 60 s cap, ±20 %.
 pub fn backoff(attempt: u32) -> Duration {
     let base = (1u64 << attempt.min(6)).min(60) as f64;
-    let r = mcp_common::join::random_bytes::<2>()
+    let r = mcp_infra::random::random_bytes::<2>()
         .map(u16::from_le_bytes)
         .unwrap_or(0) as f64
         / 65535.0;
@@ -126,7 +126,7 @@ async fn session(agent: &Agent, store: &CertStore, address: &str, node: &str) ->
         role,
         address: cfg.advertised(),
         arch: crate::node::arch().to_string(),
-        version: mcp_common::VERSION.to_string(),
+        version: mcp_infra::VERSION.to_string(),
         cpus: std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1),
@@ -187,12 +187,12 @@ async fn renew_if_due(agent: &Agent, store: &CertStore, client: &mut Client, nod
     let files = &agent.cfg.tls;
     let pem = std::fs::read_to_string(&files.cert)?;
     let (left, total) =
-        mcp_common::pki::lifetime(&pem).ok_or_else(|| anyhow::anyhow!("cannot read {}", files.cert.display()))?;
+        mcp_infra::pki::lifetime(&pem).ok_or_else(|| anyhow::anyhow!("cannot read {}", files.cert.display()))?;
     if left > total / 3 {
         return Ok(false);
     }
-    let (dns, ips) = mcp_common::pki::sans(&pem);
-    let req = mcp_common::pki::make_csr(&Identity::Agent(node.to_string()), &dns, &ips)?;
+    let (dns, ips) = mcp_infra::pki::sans(&pem);
+    let req = mcp_infra::pki::make_csr(&Identity::Agent(node.to_string()), &dns, &ips)?;
     let resp = client
         .issue_certificate(request(
             node,
@@ -204,7 +204,7 @@ async fn renew_if_due(agent: &Agent, store: &CertStore, client: &mut Client, nod
         .await
         .map_err(|s| anyhow::anyhow!("{} ({:?})", s.message(), s.code()))?
         .into_inner();
-    mcp_common::pki::Issued {
+    mcp_infra::pki::Issued {
         chain_pem: resp.cert_chain_pem,
         key_pem: req.key_pem,
     }

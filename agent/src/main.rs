@@ -6,16 +6,17 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use mcp_agent::config::{AgentConfig, AgentSection, PodmanSection, PortsSection};
 use mcp_agent::ops::Agent;
 use mcp_agent::podman::{self, Podman};
 use mcp_agent::registry::Registry;
 use mcp_agent::server::AgentService;
-use mcp_common::config::{AgentConfig, AgentSection, LogSection, PodmanSection, PortsSection};
-use mcp_common::identity::Identity;
-use mcp_common::pki::{Ca, LeafRequest};
-use mcp_common::tls::TlsFiles;
+use mcp_infra::config::LogSection;
+use mcp_infra::pki::{Ca, LeafRequest};
+use mcp_infra::tls::TlsFiles;
+use mcp_model::identity::Identity;
 
-const LONG_VERSION: &str = mcp_common::LONG_VERSION;
+const LONG_VERSION: &str = mcp_infra::LONG_VERSION;
 
 #[derive(Parser)]
 #[command(name = "mcp-agent", version = LONG_VERSION, about = "mcp node agent: runs services as rootless podman containers")]
@@ -164,11 +165,11 @@ fn issue(a: IssueArgs) -> Result<()> {
 }
 
 fn init(config: &Path, a: InitArgs) -> Result<()> {
-    mcp_common::service::check_name(&a.name).map_err(|r| anyhow::anyhow!("--name: {r}"))?;
+    mcp_model::service::check_name(&a.name).map_err(|r| anyhow::anyhow!("--name: {r}"))?;
     let listen = a.listen.parse().with_context(|| format!("--listen {:?}", a.listen))?;
     let ca_dir = a.ca_dir.clone().unwrap_or_else(|| a.data_dir.join("ca"));
     let tls_dir = a.data_dir.join("tls");
-    mcp_common::fsutil::private_dir(&a.data_dir)?;
+    mcp_infra::fsutil::private_dir(&a.data_dir)?;
     let ca = Ca::load_or_create(&ca_dir, "mcp")?;
     let cert = tls_dir.join("agent.pem");
     let key = tls_dir.join("agent.key");
@@ -227,7 +228,7 @@ fn init(config: &Path, a: InitArgs) -> Result<()> {
             metrics: None,
         };
         let text = toml::to_string_pretty(&cfg)?;
-        mcp_common::fsutil::write_atomic(config, text.as_bytes(), 0o600)?;
+        mcp_infra::fsutil::write_atomic(config, text.as_bytes(), 0o600)?;
         println!("wrote {}", config.display());
     }
     match (a.operator, a.operator_dir) {
@@ -239,7 +240,7 @@ fn init(config: &Path, a: InitArgs) -> Result<()> {
 }
 
 fn join(config: &Path, a: JoinArgs) -> Result<()> {
-    let token = mcp_common::join::JoinToken::parse(&a.token).map_err(|e| anyhow::anyhow!("--token: {e}"))?;
+    let token = mcp_model::join::JoinToken::parse(&a.token).map_err(|e| anyhow::anyhow!("--token: {e}"))?;
     if config.exists() && !a.force {
         bail!(
             "{} exists: this node is configured already (use --force to re-join)",
@@ -258,18 +259,18 @@ fn join(config: &Path, a: JoinArgs) -> Result<()> {
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let joined = rt.block_on(mcp_agent::link::join(&a.master, &token, dns, ips))?;
-    mcp_common::fsutil::private_dir(&a.data_dir)?;
+    mcp_infra::fsutil::private_dir(&a.data_dir)?;
     let tls = TlsFiles {
         cert: a.data_dir.join("tls/agent.pem"),
         key: a.data_dir.join("tls/agent.key"),
         ca: a.data_dir.join("tls/ca.pem"),
     };
-    mcp_common::pki::Issued {
+    mcp_infra::pki::Issued {
         chain_pem: joined.chain_pem,
         key_pem: joined.key_pem,
     }
     .write(&tls.cert, &tls.key)?;
-    mcp_common::fsutil::write_atomic(&tls.ca, joined.ca_pem.as_bytes(), 0o644)?;
+    mcp_infra::fsutil::write_atomic(&tls.ca, joined.ca_pem.as_bytes(), 0o644)?;
     let cfg = AgentConfig {
         agent: AgentSection {
             name: token.node.clone(),
@@ -288,7 +289,7 @@ fn join(config: &Path, a: JoinArgs) -> Result<()> {
             max: a.port_max,
         },
         log: LogSection::default(),
-        master: Some(mcp_common::config::AgentMasterSection {
+        master: Some(mcp_agent::config::AgentMasterSection {
             address: a.master,
             role: a.role,
             advertise: a.advertise,
@@ -303,14 +304,14 @@ fn join(config: &Path, a: JoinArgs) -> Result<()> {
         metacrypt: None,
         metrics: None,
     };
-    mcp_common::fsutil::write_atomic(config, toml::to_string_pretty(&cfg)?.as_bytes(), 0o600)?;
+    mcp_infra::fsutil::write_atomic(config, toml::to_string_pretty(&cfg)?.as_bytes(), 0o600)?;
     println!("joined the fleet as agent-{}; wrote {}", token.node, config.display());
     Ok(())
 }
 
 fn run(config: &Path) -> Result<()> {
     let cfg = AgentConfig::load(config)?;
-    mcp_common::logging::init(&cfg.log);
+    mcp_infra::logging::init(&cfg.log);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -319,10 +320,10 @@ fn run(config: &Path) -> Result<()> {
 }
 
 async fn serve(cfg: AgentConfig) -> Result<()> {
-    let (tls, cert_store) = mcp_common::tls::server_config(&cfg.tls)?;
+    let (tls, cert_store) = mcp_infra::tls::server_config(&cfg.tls)?;
     let layer = match &cfg.mcias {
-        Some(m) => mcp_common::tls::AuthzLayer::with_tokens(Arc::new(mcp_common::mcias::Mcias::new(m)?)),
-        None => mcp_common::tls::AuthzLayer::new(),
+        Some(m) => mcp_infra::tls::AuthzLayer::with_tokens(Arc::new(mcp_infra::mcias::Mcias::new(m)?)),
+        None => mcp_infra::tls::AuthzLayer::new(),
     };
     let registry = Registry::open(&cfg.registry_path())?;
     let socket = cfg.podman.socket.clone().unwrap_or_else(podman::default_socket);
@@ -366,15 +367,15 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
     tracing::info!(
         node = %cfg.agent.name,
         listen = %cfg.agent.listen,
-        version = mcp_common::VERSION,
-        commit = mcp_common::GIT_COMMIT,
+        version = mcp_infra::VERSION,
+        commit = mcp_infra::GIT_COMMIT,
         "mcp-agent serving"
     );
-    let svc = mcp_common::proto::mcp_agent_service_server::McpAgentServiceServer::new(AgentService::new(agent));
+    let svc = mcp_proto::mcp_agent_service_server::McpAgentServiceServer::new(AgentService::new(agent));
     tonic::transport::Server::builder()
         .layer(layer)
         .add_service(svc)
-        .serve_with_incoming_shutdown(mcp_common::tls::incoming(listener, tls), shutdown())
+        .serve_with_incoming_shutdown(mcp_infra::tls::incoming(listener, tls), shutdown())
         .await?;
     let _ = stop_tx.send(true);
     let _ = link.await;
@@ -426,6 +427,7 @@ fn platform(cfg: &AgentConfig) -> Result<mcp_agent::ops::Platform> {
             c.handshake_timeout = std::time::Duration::from_secs(px.handshake_timeout);
             c.max_connections = px.max_connections;
             c.backend_ca = Some(cfg.tls.ca.clone());
+            c.observer = Arc::new(mcp_agent::metrics::ProxyTraffic);
             BuiltinProxy::start(c)?
         });
     }

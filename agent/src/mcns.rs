@@ -54,12 +54,12 @@ use serde_json::Value;
 use crate::http_client::{self, HttpClient, HttpError, encode};
 
 /// Default zone of service records (SPEC §4 step 5).
-pub use mcp_common::service::DEFAULT_ZONE;
+pub use mcp_model::service::DEFAULT_ZONE;
 
 /// Bound on one HTTP exchange with MCNS.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-pub use mcp_common::config::McnsConfig;
+pub use crate::config::McnsConfig;
 
 /// Why an MCNS call failed or the client could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -380,7 +380,7 @@ mod tests {
     use hyper::header::AUTHORIZATION;
     use hyper::{Response, StatusCode};
     use hyper_util::rt::TokioIo;
-    use mcp_common::pki::Ca;
+    use mcp_infra::pki::Ca;
     use serde_json::json;
     use tokio::net::TcpListener;
     use tokio_rustls::TlsAcceptor;
@@ -426,7 +426,7 @@ mod tests {
             let addr = listener.local_addr().expect("local address");
             let state = Arc::new(Mutex::new(State::default()));
             let shared = state.clone();
-            let task = mcp_common::endpoint::testing::serve(listener, tls, move |req| handle(req, shared.clone()));
+            let task = mcp_infra::endpoint::testing::serve(listener, tls, move |req| handle(req, shared.clone()));
             Fake { addr, state, task }
         }
 
@@ -854,7 +854,7 @@ mod tests {
     #[tokio::test]
     async fn https_with_the_configured_ca() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let acceptor = mcp_common::endpoint::testing::loopback_tls_acceptor(dir.path(), "mcns test ca");
+        let acceptor = mcp_infra::endpoint::testing::loopback_tls_acceptor(dir.path(), "mcns test ca");
         let fake = Fake::start_with(Some(acceptor)).await;
         let (_tdir, token) = token_file(TOKEN);
         for host in ["localhost", "127.0.0.1"] {

@@ -72,7 +72,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::Method;
-use mcp_common::tls::parse_certs;
+use mcp_infra::tls::parse_certs;
 use rustls::RootCertStore;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier;
@@ -85,7 +85,7 @@ use serde_json::{Map, Value, json};
 use crate::http_client::{self, HttpClient, HttpError, encode};
 use crate::platform::ServiceCert;
 
-pub use mcp_common::config::MetacryptConfig;
+pub use crate::config::MetacryptConfig;
 
 /// Bound on one HTTP exchange with Metacrypt (issuing includes key generation).
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -219,7 +219,7 @@ impl Metacrypt {
             parts.chain.push(self.ca_chain().await?);
         }
         let cert = check_issued(&parts, &names, &self.provider).map_err(MetacryptError::Refused)?;
-        let (serial, expires) = mcp_common::pki::serial_and_expiry(&cert.chain_pem).unwrap_or_default();
+        let (serial, expires) = mcp_infra::pki::serial_and_expiry(&cert.chain_pem).unwrap_or_default();
         tracing::info!(
             %service,
             names = %names.join(","),
@@ -275,7 +275,7 @@ fn requested_names(hostnames: &[String]) -> Result<Vec<String>, MetacryptError> 
     let mut names: Vec<String> = Vec::new();
     for h in hostnames {
         let name = h.trim_end_matches('.').to_ascii_lowercase();
-        mcp_common::service::check_hostname(&name).map_err(|e| MetacryptError::Invalid(format!("hostname {e}")))?;
+        mcp_model::service::check_hostname(&name).map_err(|e| MetacryptError::Invalid(format!("hostname {e}")))?;
         if !names.contains(&name) {
             names.push(name);
         }
@@ -382,7 +382,7 @@ fn check_issued(parts: &IssuedParts, names: &[String], provider: &CryptoProvider
     let chain_pem: String = chain.iter().map(|c| pem_encode("CERTIFICATE", c)).collect();
 
     let wanted: BTreeSet<String> = names.iter().cloned().collect();
-    let (dns, ips) = mcp_common::pki::sans(&chain_pem);
+    let (dns, ips) = mcp_infra::pki::sans(&chain_pem);
     let got: BTreeSet<String> = dns.iter().map(|d| d.to_ascii_lowercase()).collect();
     if got != wanted || !ips.is_empty() {
         let mut shown: Vec<String> = got.into_iter().collect();
@@ -478,7 +478,7 @@ mod tests {
     use hyper::body::Incoming;
     use hyper::header::AUTHORIZATION;
     use hyper::{Response, StatusCode};
-    use mcp_common::pki::{Ca, Issued, LeafRequest};
+    use mcp_infra::pki::{Ca, Issued, LeafRequest};
     use rustls::ServerConfig;
     use tokio::net::TcpListener;
     use tokio_rustls::TlsAcceptor;
@@ -553,7 +553,7 @@ mod tests {
                 seen: Vec::new(),
             }));
             let shared = state.clone();
-            let task = mcp_common::endpoint::testing::serve(listener, tls, move |req| handle(req, shared.clone()));
+            let task = mcp_infra::endpoint::testing::serve(listener, tls, move |req| handle(req, shared.clone()));
             Fake {
                 addr,
                 state,
@@ -766,9 +766,9 @@ mod tests {
         let mode = std::fs::metadata(&key).expect("key file").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let written = std::fs::read_to_string(&pem).expect("read chain");
-        let left = mcp_common::pki::seconds_until_expiry(&written).expect("expiry");
+        let left = mcp_infra::pki::seconds_until_expiry(&written).expect("expiry");
         assert!((89 * 86400..=90 * 86400).contains(&left), "{left}");
-        let (dns, _) = mcp_common::pki::sans(&written);
+        let (dns, _) = mcp_infra::pki::sans(&written);
         assert!(names().iter().all(|n| dns.contains(n)), "{dns:?}");
         let key_der = PrivateKeyDer::from_pem_file(&key).expect("key");
         let chain_der: Vec<_> = CertificateDer::pem_file_iter(&pem)
@@ -951,7 +951,7 @@ mod tests {
             .await
             .expect("issue");
         assert_eq!(
-            mcp_common::pki::sans(&cert.chain_pem).0,
+            mcp_infra::pki::sans(&cert.chain_pem).0,
             vec!["web.svc.mcp.metacircular.net"]
         );
         fake.stop().await;
@@ -960,7 +960,7 @@ mod tests {
     #[tokio::test]
     async fn https_with_the_configured_ca() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let acceptor = mcp_common::endpoint::testing::loopback_tls_acceptor(dir.path(), "metacrypt server ca");
+        let acceptor = mcp_infra::endpoint::testing::loopback_tls_acceptor(dir.path(), "metacrypt server ca");
         let fake = Fake::start_with(Some(acceptor)).await;
         let (_tdir, token) = token_file(TOKEN);
         for host in ["localhost", "127.0.0.1"] {

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 
-use mcp_common::metrics::{self as m, CounterFamily, GaugeF64, GaugeFamily, HistogramFamily, Registry, labels};
+use mcp_infra::metrics::{self as m, CounterFamily, GaugeF64, GaugeFamily, HistogramFamily, Registry, labels};
 
 use crate::ops::{Agent, OpError, Outcome};
 use crate::registry::Desired;
@@ -189,21 +189,34 @@ pub fn proxy_request(route: &str, status: u16) {
         .inc();
 }
 
+/// Counts the built-in proxy's connections and requests.
+pub struct ProxyTraffic;
+
+impl mcp_proxy::Observer for ProxyTraffic {
+    fn connection(&self, hostname: &str, mode: mcp_proxy::Mode) {
+        proxy_connection(hostname, mode.as_str());
+    }
+
+    fn request(&self, hostname: &str, status: u16) {
+        proxy_request(hostname, status);
+    }
+}
+
 /// Refreshes the scrape-time gauges and encodes everything.
 pub async fn render(agent: &Agent) -> String {
     let x = &*METRICS;
     x.info
         .get_or_create(&labels(&[
             ("node", agent.name()),
-            ("version", mcp_common::VERSION),
-            ("commit", mcp_common::GIT_COMMIT),
+            ("version", mcp_infra::VERSION),
+            ("commit", mcp_infra::GIT_COMMIT),
         ]))
         .set(1.0);
     // Certificates: the agent's own and every service certificate.
     x.cert_expiry.clear();
     if let Some(s) = std::fs::read_to_string(&agent.cfg.tls.cert)
         .ok()
-        .and_then(|p| mcp_common::pki::seconds_until_expiry(&p))
+        .and_then(|p| mcp_infra::pki::seconds_until_expiry(&p))
     {
         x.cert_expiry
             .get_or_create(&labels(&[("kind", "agent"), ("name", agent.name())]))
@@ -220,7 +233,7 @@ pub async fn render(agent: &Agent) -> String {
             };
             if let Some(s) = std::fs::read_to_string(&path)
                 .ok()
-                .and_then(|p| mcp_common::pki::seconds_until_expiry(&p))
+                .and_then(|p| mcp_infra::pki::seconds_until_expiry(&p))
             {
                 x.cert_expiry
                     .get_or_create(&labels(&[("kind", "service"), ("name", name)]))

@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mcp_common::config::MonitorSection;
+use crate::config::MonitorSection;
 
 use crate::ops::Agent;
 use crate::podman::{LABEL_HASH, Observed};

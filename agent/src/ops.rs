@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use mcp_common::config::AgentConfig;
-use mcp_common::service::{self, ServiceDef};
+use crate::config::AgentConfig;
+use mcp_model::service::{self, ServiceDef};
 
 use crate::plan::{self, Action, Seen};
 use crate::podman::{LABEL_HASH, LABEL_SERVICE, Observed, Podman, PodmanError};

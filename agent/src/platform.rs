@@ -6,10 +6,10 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mcp_common::config::AgentConfig;
-use mcp_common::identity::{Identity, NODE_METADATA};
-use mcp_common::proto::{self, mcp_registration_service_client::McpRegistrationServiceClient};
-use mcp_common::tls;
+use crate::config::AgentConfig;
+use mcp_infra::tls;
+use mcp_model::identity::{Identity, NODE_METADATA};
+use mcp_proto::{self as proto, mcp_registration_service_client::McpRegistrationServiceClient};
 use tonic::transport::Channel;
 
 /// Start of an error that may go away on retry (the service was down).
@@ -104,7 +104,7 @@ impl Master {
 #[tonic::async_trait]
 impl CertAuthority for Master {
     async fn issue(&self, service: &str, hostnames: &[String]) -> Result<ServiceCert, String> {
-        let req = mcp_common::pki::make_service_csr(hostnames).map_err(|e| e.to_string())?;
+        let req = mcp_infra::pki::make_service_csr(hostnames).map_err(|e| e.to_string())?;
         let mut client = self.client().await?;
         let msg = proto::IssueServiceCertificateRequest {
             name: self.cfg.agent.name.clone(),

@@ -87,7 +87,7 @@ fn reason(e: &BollardError) -> String {
     match e {
         BollardError::DockerResponseServerError { status_code, message } => format!("{message} (HTTP {status_code})"),
         BollardError::DockerStreamError { error } => error.clone(),
-        other => mcp_common::tls::error_chain(other),
+        other => mcp_infra::tls::error_chain(other),
     }
 }
 

@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Mutex;
 
-use mcp_common::db::{self, DbError};
-use mcp_common::service::ServiceDef;
+use mcp_model::service::ServiceDef;
+use mcp_store::{self as db, DbError};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::spec::ContainerSpec;
@@ -352,7 +352,7 @@ impl Registry {
     }
 
     /// Records an edge route this (edge) node serves.
-    pub fn save_edge(&self, r: &mcp_common::proto::SetupEdgeRouteRequest) -> Result<()> {
+    pub fn save_edge(&self, r: &mcp_proto::SetupEdgeRouteRequest) -> Result<()> {
         self.conn().execute(
             "INSERT OR REPLACE INTO edge_routes (hostname, port, service, backend_hostname, backend_port,
                                                  backend_address, created_at)
@@ -378,7 +378,7 @@ impl Registry {
     }
 
     /// Edge routes this node serves, as the requests that set them up.
-    pub fn edges(&self) -> Result<Vec<mcp_common::proto::SetupEdgeRouteRequest>> {
+    pub fn edges(&self) -> Result<Vec<mcp_proto::SetupEdgeRouteRequest>> {
         let conn = self.conn();
         let rows = conn
             .prepare(
@@ -386,7 +386,7 @@ impl Registry {
                  FROM edge_routes ORDER BY hostname",
             )?
             .query_map([], |r| {
-                Ok(mcp_common::proto::SetupEdgeRouteRequest {
+                Ok(mcp_proto::SetupEdgeRouteRequest {
                     hostname: r.get(0)?,
                     port: r.get(1)?,
                     service: r.get(2)?,
@@ -521,7 +521,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn record() -> ServiceRecord {
-        let def = mcp_common::service::parse(
+        let def = mcp_model::service::parse(
             "t",
             "name = \"web\"\n[[components]]\nname = \"api\"\nimage = \"r/w:v1\"\n[[components.routes]]\nport = 80\n",
         )

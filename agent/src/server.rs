@@ -5,9 +5,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use mcp_common::proto::mcp_agent_service_server::McpAgentService;
-use mcp_common::proto::{self, LogChunk};
-use mcp_common::service::{self, ServiceDef};
+use mcp_model::service::{self, ServiceDef};
+use mcp_proto::mcp_agent_service_server::McpAgentService;
+use mcp_proto::{self as proto, LogChunk};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -158,7 +158,7 @@ impl AgentService {
     }
 
     fn caller<T>(&self, req: &Request<T>) -> String {
-        mcp_common::tls::caller(req).map(|i| i.to_string()).unwrap_or_default()
+        mcp_infra::tls::caller(req).map(|i| i.to_string()).unwrap_or_default()
     }
 }
 
@@ -273,7 +273,7 @@ impl McpAgentService for AgentService {
         Ok(Response::new(proto::LiveCheckResponse {
             ok: true,
             node: self.agent.name().to_string(),
-            version: mcp_common::VERSION.to_string(),
+            version: mcp_infra::VERSION.to_string(),
         }))
     }
 
@@ -291,8 +291,8 @@ impl McpAgentService for AgentService {
         let cgroup = node::cgroup_version();
         Ok(Response::new(proto::NodeStatusResponse {
             name: a.name().to_string(),
-            version: mcp_common::VERSION.to_string(),
-            git_commit: mcp_common::git_commit().to_string(),
+            version: mcp_infra::VERSION.to_string(),
+            git_commit: mcp_infra::git_commit().to_string(),
             arch: node::arch().to_string(),
             uptime_seconds: a.started.elapsed().as_secs(),
             podman_version,

@@ -24,9 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use futures::{Stream, StreamExt};
-use mcp_common::proto;
-use mcp_common::service::{self, ServiceDef};
-use mcp_common::snapshot::{Method, glob_matches};
+use mcp_model::service::{self, ServiceDef};
+use mcp_model::snapshot::{Method, glob_matches};
+use mcp_proto as proto;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -797,7 +797,7 @@ mod tests {
     use super::*;
 
     fn def(vols: &[&str]) -> ServiceDef {
-        let mut d = mcp_common::service::parse(
+        let mut d = mcp_model::service::parse(
             "t",
             "name = \"db\"\n[[components]]\nname = \"db\"\nimage = \"r/x:v1\"\n",
         )

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use mcp_common::service::{self, ComponentDef, ServiceDef};
+use mcp_model::service::{self, ComponentDef, ServiceDef};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 

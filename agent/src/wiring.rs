@@ -6,9 +6,9 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use mcp_common::config::AgentConfig;
-use mcp_common::proto;
-use mcp_common::service::{RouteMode, ServiceDef, check_hostname};
+use crate::config::AgentConfig;
+use mcp_model::service::{RouteMode, ServiceDef, check_hostname};
+use mcp_proto as proto;
 
 use crate::ops::{Agent, OpError};
 use crate::proxy::{Mode, ProxyRoute};
@@ -118,9 +118,9 @@ impl Agent {
         let renew = self.cfg.network.renew_days * 86400;
         if let Ok(pem) = std::fs::read_to_string(&cert)
             && key.exists()
-            && let Some(left) = mcp_common::pki::seconds_until_expiry(&pem)
+            && let Some(left) = mcp_infra::pki::seconds_until_expiry(&pem)
         {
-            let (have, _) = mcp_common::pki::sans(&pem);
+            let (have, _) = mcp_infra::pki::sans(&pem);
             if left > renew && names.iter().all(|n| have.contains(n)) {
                 return Ok(format!("reused {} ({} days left)", cert.display(), left / 86400));
             }
@@ -129,8 +129,8 @@ impl Agent {
             return Err("no certificate authority is configured (network.ca); an L7 route needs one".into());
         };
         let issued = ca.issue(service, names).await?;
-        mcp_common::fsutil::private_dir(&self.cfg.certs_dir()).map_err(|e| e.to_string())?;
-        mcp_common::pki::Issued {
+        mcp_infra::fsutil::private_dir(&self.cfg.certs_dir()).map_err(|e| e.to_string())?;
+        mcp_infra::pki::Issued {
             chain_pem: issued.chain_pem,
             key_pem: issued.key_pem,
         }
@@ -466,7 +466,7 @@ impl Agent {
             .map_err(|e| OpError::Invalid(e.to_string()))?;
         self.registry.save_edge(&r).map_err(OpError::Registry)?;
         let pem = std::fs::read_to_string(&cert).unwrap_or_default();
-        let (serial, expires) = mcp_common::pki::serial_and_expiry(&pem).unwrap_or_default();
+        let (serial, expires) = mcp_infra::pki::serial_and_expiry(&pem).unwrap_or_default();
         tracing::info!(hostname = %r.hostname, backend = %r.backend_hostname, "edge route set up");
         Ok(proto::EdgeRouteResponse {
             cert_serial: serial,
@@ -529,7 +529,7 @@ mod tests {
 
     #[test]
     fn names_and_routes() {
-        let def = mcp_common::service::parse(
+        let def = mcp_model::service::parse(
             "t",
             r#"
 name = "shop"

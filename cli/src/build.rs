@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use mcp_common::service::{self, ServiceDef};
+use mcp_model::service::ServiceDef;
 use serde_json::json;
 
 use crate::conn::Ctx;
@@ -119,7 +119,7 @@ pub fn build(ctx: &Ctx, target: &str, push: bool) -> Result<u8> {
     if !path.exists() {
         usage!("no definition: {} does not exist", path.display());
     }
-    let def = service::load_file(&path).map_err(|e| UsageError(e.to_string()))?;
+    let def = crate::defs::load_file(&path).map_err(|e| UsageError(e.to_string()))?;
     let (context, jobs) = plan(&path, &def)?;
     let color = output::color_stderr();
     let context_s = context.display().to_string();

@@ -4,13 +4,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::{CliConfig, NodeRef};
 use anyhow::{Context, Result};
-use mcp_common::config::{CliConfig, NodeRef};
-use mcp_common::identity::Identity;
-use mcp_common::proto::{
-    self, mcp_agent_service_client::McpAgentServiceClient, mcp_master_service_client::McpMasterServiceClient,
+use mcp_infra::tls;
+use mcp_model::identity::Identity;
+use mcp_proto::{
+    self as proto, mcp_agent_service_client::McpAgentServiceClient, mcp_master_service_client::McpMasterServiceClient,
 };
-use mcp_common::tls;
 use prost::Message;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -53,10 +53,7 @@ pub fn config_path(explicit: Option<&Path>) -> (PathBuf, bool) {
     if let Some(p) = std::env::var_os("MCP_CONFIG") {
         return (PathBuf::from(p), true);
     }
-    (
-        mcp_common::config::expand_home(Path::new("~/.config/mcp/mcp.toml")),
-        false,
-    )
+    (crate::config::expand_home(Path::new("~/.config/mcp/mcp.toml")), false)
 }
 
 impl Ctx {
@@ -74,7 +71,7 @@ impl Ctx {
                 Bearer(None),
             )),
             (None, None, Some(token_path)) => {
-                let raw = mcp_common::fsutil::read_private(token_path)?;
+                let raw = mcp_infra::fsutil::read_private(token_path)?;
                 let token = String::from_utf8(raw)
                     .map_err(|_| anyhow::anyhow!("{}: the token is not text", token_path.display()))?;
                 let value: MetadataValue<Ascii> = format!("Bearer {}", token.trim()).parse().map_err(|_| {
@@ -166,7 +163,7 @@ impl Ctx {
 
 /// A short random id correlating CLI, master and agent logs.
 pub fn request_id() -> String {
-    mcp_common::join::random_bytes::<8>()
+    mcp_infra::random::random_bytes::<8>()
         .map(hex::encode)
         .unwrap_or_else(|_| "0000000000000000".into())
 }

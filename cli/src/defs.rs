@@ -4,11 +4,21 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use mcp_common::service::{self, DefinitionError, ServiceDef};
+use mcp_model::service::{self, DefinitionError, ServiceDef};
 
 use crate::conn::Ctx;
 use crate::output::{self, Out};
 use crate::{UsageError, usage};
+
+/// Reads, parses and validates one definition file (its name must be the
+/// service's).
+pub fn load_file(path: &Path) -> Result<ServiceDef, DefinitionError> {
+    let text = std::fs::read_to_string(path).map_err(|source| DefinitionError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    service::parse_file(path, &text)
+}
 
 /// `.toml` files named directly or found in the named directories.
 fn collect(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -36,7 +46,7 @@ pub fn load_all(paths: &[PathBuf]) -> Result<(Vec<ServiceDef>, Vec<String>, usiz
     let mut problems = Vec::new();
     let mut names = std::collections::BTreeMap::new();
     for f in &files {
-        match service::load_file(f) {
+        match load_file(f) {
             Ok(def) => {
                 if let Some(other) = names.insert(def.name.clone(), f.clone()) {
                     problems.push(format!(
@@ -92,7 +102,7 @@ pub fn split_target(target: &str) -> Result<(String, Option<String>)> {
 /// service name in the services dir.
 pub fn load_definition(ctx: &Ctx, target: &str) -> Result<(ServiceDef, Option<String>)> {
     if target.ends_with(".toml") {
-        let def = service::load_file(Path::new(target)).map_err(|e| UsageError(e.to_string()))?;
+        let def = load_file(Path::new(target)).map_err(|e| UsageError(e.to_string()))?;
         return Ok((def, None));
     }
     let (name, component) = split_target(target)?;
@@ -100,7 +110,7 @@ pub fn load_definition(ctx: &Ctx, target: &str) -> Result<(ServiceDef, Option<St
     if !path.exists() {
         usage!("no definition for service {name}: {} does not exist", path.display());
     }
-    let def = service::load_file(&path).map_err(|e| UsageError(e.to_string()))?;
+    let def = load_file(&path).map_err(|e| UsageError(e.to_string()))?;
     if let Some(c) = &component
         && def.component(c).is_none()
     {

@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
+use crate::config::NodeRef;
 use anyhow::Result;
 use futures::future::join_all;
-use mcp_common::config::NodeRef;
-use mcp_common::proto;
-use mcp_common::service;
+use mcp_proto as proto;
 
 use crate::conn::{AgentClient, Ctx, request_id};
 use crate::defs::{load_definition, split_target};
@@ -68,7 +67,7 @@ pub(crate) async fn locate(ctx: &Ctx, service: &str, node: Option<String>) -> Re
         return Ok(n);
     }
     let path = ctx.cfg.services.dir.join(format!("{service}.toml"));
-    if let Ok(def) = service::load_file(&path)
+    if let Ok(def) = crate::defs::load_file(&path)
         && let Some(pin) = def.node
     {
         ctx.node(&pin)?;

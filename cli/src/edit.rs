@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use mcp_common::service::{self, DefinitionError};
+use mcp_model::service::DefinitionError;
 
 use crate::conn::Ctx;
 use crate::defs::split_target;
@@ -71,12 +71,12 @@ pub fn edit(ctx: &Ctx, name: &str) -> Result<u8> {
             println!("{}: no changes", path.display());
             return Ok(0);
         }
-        match service::load_file(&copy) {
+        match crate::defs::load_file(&copy) {
             Ok(_) => {
                 if let Some(d) = path.parent() {
                     std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
                 }
-                mcp_common::fsutil::write_atomic(&path, edited.as_bytes(), 0o644)?;
+                mcp_infra::fsutil::write_atomic(&path, edited.as_bytes(), 0o644)?;
                 println!("saved {}", path.display());
                 return Ok(0);
             }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use mcp_common::proto;
+use mcp_proto as proto;
 
 use crate::conn::{Ctx, request_id};
 use crate::defs::{load_all, load_definition, split_target};

@@ -1,6 +1,7 @@
 //! `mcp`: the operator's command-line interface.
 
 mod build;
+mod config;
 mod conn;
 mod defs;
 mod direct;
@@ -58,7 +59,7 @@ macro_rules! handled_by_run {
 #[derive(Parser)]
 #[command(
     name = "mcp",
-    version = mcp_common::LONG_VERSION,
+    version = mcp_infra::LONG_VERSION,
     about = "mcp: run services as rootless podman containers across a fleet",
     after_help = "Examples:\n  mcp deploy web\n  mcp ps\n  mcp sync --dry-run\n  mcp --direct ps          # straight to the agents, e.g. while the master is down\n  mcp validate ~/.config/mcp/services"
 )]
@@ -302,7 +303,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         _ => {}
     }
     let (path, explicit) = conn::config_path(cli.config.as_deref());
-    let cfg = mcp_common::config::CliConfig::load(&path, explicit).map_err(|e| UsageError(e.to_string()))?;
+    let cfg = crate::config::CliConfig::load(&path, explicit).map_err(|e| UsageError(e.to_string()))?;
     let direct = cli.direct || cfg.master.is_none();
     let ctx = conn::Ctx { cfg, path, out };
     match cli.command {

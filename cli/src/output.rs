@@ -2,9 +2,9 @@
 
 use std::io::IsTerminal;
 
+use crate::config::NodeRef;
 use comfy_table::{Cell, Color, Table, presets};
-use mcp_common::config::NodeRef;
-use mcp_common::proto;
+use mcp_proto as proto;
 use serde_json::{Value, json};
 
 /// Output mode.

@@ -11,9 +11,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::{DEFAULT_INSTALL_DIR, NodeRef};
 use anyhow::{Context, Result, bail};
-use mcp_common::config::{DEFAULT_INSTALL_DIR, NodeRef};
-use mcp_common::proto;
+use mcp_proto as proto;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 

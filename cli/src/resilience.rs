@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use futures::future::join_all;
-use mcp_common::proto;
+use mcp_proto as proto;
 use serde_json::json;
 
 use crate::conn::{Ctx, request_id};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use mcp_common::proto;
+use mcp_proto as proto;
 use serde_json::json;
 
 use crate::conn::{Ctx, request_id};
@@ -115,7 +115,7 @@ pub async fn snapshot(ctx: &Ctx, direct: bool, args: SnapshotArgs) -> Result<u8>
 }
 
 async fn create(ctx: &Ctx, service: String) -> Result<u8> {
-    mcp_common::service::check_name(&service).map_err(|r| crate::UsageError(format!("service {service:?}: {r}")))?;
+    mcp_model::service::check_name(&service).map_err(|r| crate::UsageError(format!("service {service:?}: {r}")))?;
     let mut client = ctx.master(DATA_TIMEOUT).await?;
     let progress = ctx.out.progress(&format!("snapshotting {service}"));
     let r = client
@@ -175,7 +175,7 @@ async fn list(ctx: &Ctx, service: String) -> Result<u8> {
 
 async fn restore(ctx: &Ctx, service: String, at: String) -> Result<u8> {
     if !at.is_empty() {
-        mcp_common::snapshot::check_selector(&at).map_err(|r| crate::UsageError(format!("--at: {r}")))?;
+        mcp_model::snapshot::check_selector(&at).map_err(|r| crate::UsageError(format!("--at: {r}")))?;
     }
     let mut client = ctx.master(DATA_TIMEOUT).await?;
     let progress = ctx.out.progress(&format!("restoring {service}"));

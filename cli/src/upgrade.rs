@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config::{DEFAULT_INSTALL_DIR, DEFAULT_RESTART, NodeRef};
 use anyhow::{Context, Result, anyhow};
 use futures::StreamExt;
-use mcp_common::config::{DEFAULT_INSTALL_DIR, DEFAULT_RESTART, NodeRef};
-use mcp_common::proto;
+use mcp_proto as proto;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 

@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use mcp_common::db::{self, DbError};
-use mcp_common::service::ServiceDef;
+use mcp_model::service::ServiceDef;
+use mcp_store::{self as db, DbError};
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// Schema migrations; index i brings version i to i + 1.
@@ -556,7 +556,7 @@ mod tests {
         db.save_nodes([&node("a"), &node("b")]).unwrap();
         assert_eq!(db.nodes().unwrap(), vec![node("a"), node("b")]);
         let def =
-            mcp_common::service::parse("t", "name = \"web\"\n[[components]]\nname = \"x\"\nimage = \"i:1\"\n").unwrap();
+            mcp_model::service::parse("t", "name = \"web\"\n[[components]]\nname = \"x\"\nimage = \"i:1\"\n").unwrap();
         let p = PlacementRow {
             service: "web".into(),
             node: "a".into(),

@@ -46,7 +46,7 @@ pub use hickory_server::proto::rr::RecordType;
 pub use server::{MAX_UDP_PAYLOAD, serve};
 
 /// Default internal zone (SPEC §4 step 5).
-pub use mcp_common::service::DEFAULT_ZONE;
+pub use mcp_model::service::DEFAULT_ZONE;
 
 /// Longest name in presentation form without the trailing dot (RFC 1035 §2.3.4).
 const MAX_NAME_LEN: usize = 253;
@@ -65,8 +65,8 @@ const SOA_RETRY: i32 = 600;
 const SOA_EXPIRE: i32 = 14 * 24 * 3600;
 
 /// `[dns]` section of the master configuration (defined with the other
-/// configuration in `mcp_common::config`).
-pub use mcp_common::config::DnsSection as DnsConfig;
+/// configuration in `crate::config`).
+pub use crate::config::DnsSection as DnsConfig;
 
 /// What the server needs to know about the zone settings.
 pub trait ZoneSettings {

@@ -6,16 +6,16 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::config::MasterConfig;
 use futures::future::join_all;
-use mcp_common::config::MasterConfig;
-use mcp_common::identity::Identity;
-use mcp_common::join::JoinToken;
-use mcp_common::pki::Ca;
-use mcp_common::placement::{self, NodeRole, NodeView};
-use mcp_common::proto::{self, mcp_agent_service_client::McpAgentServiceClient};
-use mcp_common::service::{self, ServiceDef};
-use mcp_common::sync::{self as syncplan, SyncAction};
-use mcp_common::tls;
+use mcp_infra::pki::Ca;
+use mcp_infra::tls;
+use mcp_model::identity::Identity;
+use mcp_model::join::JoinToken;
+use mcp_model::placement::{self, NodeRole, NodeView};
+use mcp_model::service::{self, ServiceDef};
+use mcp_model::sync::{self as syncplan, SyncAction};
+use mcp_proto::{self as proto, mcp_agent_service_client::McpAgentServiceClient};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -217,9 +217,10 @@ impl Master {
     pub fn add_node(&self, node: &str, ttl: u64) -> Result<(JoinToken, i64)> {
         service::check_name(node).map_err(|r| FleetError::Invalid(format!("node name {node:?}: {r}")))?;
         self.check_admission(node, true)?;
-        let fp = mcp_common::pki::fingerprint(self.ca.cert_pem())
+        let fp = mcp_infra::pki::fingerprint(self.ca.cert_pem())
             .ok_or_else(|| FleetError::Internal("the CA certificate cannot be read".into()))?;
-        let token = JoinToken::generate(node, &fp).map_err(|e| FleetError::Internal(e.to_string()))?;
+        let secret = mcp_infra::random::random_bytes::<32>().map_err(|e| FleetError::Internal(e.to_string()))?;
+        let token = JoinToken::new(node, secret, &fp);
         let ttl = if ttl == 0 {
             self.cfg.registration.join_token_ttl
         } else {
@@ -287,15 +288,15 @@ impl Master {
         let files = &self.cfg.tls;
         let pem = std::fs::read_to_string(&files.cert)
             .map_err(|e| FleetError::Internal(format!("{}: {e}", files.cert.display())))?;
-        let (left, total) = mcp_common::pki::lifetime(&pem)
+        let (left, total) = mcp_infra::pki::lifetime(&pem)
             .ok_or_else(|| FleetError::Internal(format!("cannot read {}", files.cert.display())))?;
         if left > total / 3 {
             return Ok(false);
         }
-        let (dns_names, ips) = mcp_common::pki::sans(&pem);
+        let (dns_names, ips) = mcp_infra::pki::sans(&pem);
         let issued = self
             .ca
-            .issue(&mcp_common::pki::LeafRequest {
+            .issue(&mcp_infra::pki::LeafRequest {
                 identity: Some(Identity::Master),
                 dns_names,
                 ips,

@@ -7,20 +7,21 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use mcp_common::config::{
-    HeartbeatSection, LogSection, MasterConfig, MasterSection, ReconcileSection, RegistrationSection, TimeoutsSection,
+use mcp_infra::config::LogSection;
+use mcp_infra::pki::{Ca, LeafRequest};
+use mcp_infra::tls::{AuthzLayer, TlsFiles};
+use mcp_master::config::{
+    HeartbeatSection, MasterConfig, MasterSection, ReconcileSection, RegistrationSection, TimeoutsSection,
 };
-use mcp_common::identity::Identity;
-use mcp_common::pki::{Ca, LeafRequest};
-use mcp_common::proto::mcp_master_service_server::McpMasterServiceServer;
-use mcp_common::proto::mcp_registration_service_server::McpRegistrationServiceServer;
-use mcp_common::tls::{AuthzLayer, TlsFiles};
 use mcp_master::db::FleetDb;
 use mcp_master::fleet::Master;
 use mcp_master::server::{MasterService, RegistrationService};
+use mcp_model::identity::Identity;
+use mcp_proto::mcp_master_service_server::McpMasterServiceServer;
+use mcp_proto::mcp_registration_service_server::McpRegistrationServiceServer;
 
 #[derive(Parser)]
-#[command(name = "mcp-master", version = mcp_common::LONG_VERSION, about = "mcp fleet master")]
+#[command(name = "mcp-master", version = mcp_infra::LONG_VERSION, about = "mcp fleet master")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -99,9 +100,9 @@ fn write_client(ca: &Ca, identity: Identity, out: &Path, days: i64) -> Result<()
 }
 
 fn init(config: &Path, a: InitArgs) -> Result<()> {
-    mcp_common::service::check_name(&a.node).map_err(|r| anyhow::anyhow!("--node: {r}"))?;
+    mcp_model::service::check_name(&a.node).map_err(|r| anyhow::anyhow!("--node: {r}"))?;
     let listen = a.listen.parse().with_context(|| format!("--listen {:?}", a.listen))?;
-    mcp_common::fsutil::private_dir(&a.data_dir)?;
+    mcp_infra::fsutil::private_dir(&a.data_dir)?;
     let ca_dir = a.data_dir.join("ca");
     let ca = Ca::load_or_create(&ca_dir, "mcp fleet")?;
     let mut ips: Vec<IpAddr> = vec!["127.0.0.1".parse()?, "::1".parse()?];
@@ -149,7 +150,7 @@ fn init(config: &Path, a: InitArgs) -> Result<()> {
             metrics: None,
             snapshots: Default::default(),
         };
-        mcp_common::fsutil::write_atomic(config, toml::to_string_pretty(&cfg)?.as_bytes(), 0o600)?;
+        mcp_infra::fsutil::write_atomic(config, toml::to_string_pretty(&cfg)?.as_bytes(), 0o600)?;
         println!("wrote {}", config.display());
     }
     FleetDb::open(&a.data_dir.join("fleet.db"))?;
@@ -175,17 +176,17 @@ fn issue(config: &Path, a: IssueArgs) -> Result<()> {
 
 fn run(config: &Path) -> Result<()> {
     let cfg = MasterConfig::load(config)?;
-    mcp_common::logging::init(&cfg.log);
+    mcp_infra::logging::init(&cfg.log);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(serve(cfg))
 }
 
 async fn serve(cfg: MasterConfig) -> Result<()> {
-    let (tls, cert_store) = mcp_common::tls::server_config(&cfg.tls)?;
+    let (tls, cert_store) = mcp_infra::tls::server_config(&cfg.tls)?;
     let ca = Ca::load(&cfg.ca_dir())?;
     let db = FleetDb::open(&cfg.db_path())?;
     let layer = match &cfg.mcias {
-        Some(m) => AuthzLayer::with_tokens(Arc::new(mcp_common::mcias::Mcias::new(m)?)),
+        Some(m) => AuthzLayer::with_tokens(Arc::new(mcp_infra::mcias::Mcias::new(m)?)),
         None => AuthzLayer::new(),
     };
     let master = Arc::new(Master::new(cfg.clone(), db, ca)?);
@@ -214,14 +215,14 @@ async fn serve(cfg: MasterConfig) -> Result<()> {
     };
     let snapshots = snapshot_schedule(master.clone(), stop_rx.clone());
     let loops = background(master.clone(), cert_store, stop_rx);
-    tracing::info!(listen = %cfg.master.listen, node = %cfg.master.node, version = mcp_common::VERSION, "mcp-master serving");
+    tracing::info!(listen = %cfg.master.listen, node = %cfg.master.node, version = mcp_infra::VERSION, "mcp-master serving");
     let result = tonic::transport::Server::builder()
         .layer(layer)
         .add_service(McpMasterServiceServer::new(MasterService::new(master.clone())))
         .add_service(McpRegistrationServiceServer::new(RegistrationService::new(
             master.clone(),
         )))
-        .serve_with_incoming_shutdown(mcp_common::tls::incoming(listener, tls), shutdown())
+        .serve_with_incoming_shutdown(mcp_infra::tls::incoming(listener, tls), shutdown())
         .await;
     let _ = stop_tx.send(true);
     let _ = loops.await;
@@ -239,7 +240,7 @@ async fn serve(cfg: MasterConfig) -> Result<()> {
 /// `stop` flips.
 fn background(
     master: Arc<Master>,
-    cert: Arc<mcp_common::tls::CertStore>,
+    cert: Arc<mcp_infra::tls::CertStore>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {

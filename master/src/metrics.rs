@@ -6,8 +6,8 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 
-use mcp_common::metrics::{self as m, CounterFamily, GaugeFamily, HistogramFamily, Registry, labels};
-use mcp_common::proto;
+use mcp_infra::metrics::{self as m, CounterFamily, GaugeFamily, HistogramFamily, Registry, labels};
+use mcp_proto as proto;
 use prost::Message;
 
 use crate::fleet::{FleetError, Master};
@@ -130,8 +130,8 @@ pub fn render(master: &Master) -> String {
     let x = &*METRICS;
     x.info
         .get_or_create(&labels(&[
-            ("version", mcp_common::VERSION),
-            ("commit", mcp_common::GIT_COMMIT),
+            ("version", mcp_infra::VERSION),
+            ("commit", mcp_infra::GIT_COMMIT),
         ]))
         .set(1.0);
     let now = crate::db::now();

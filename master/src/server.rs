@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
-use mcp_common::identity::Identity;
-use mcp_common::proto::mcp_master_service_server::McpMasterService;
-use mcp_common::proto::mcp_registration_service_server::McpRegistrationService;
-use mcp_common::proto::{self};
-use mcp_common::service::ServiceDef;
+use mcp_model::identity::Identity;
+use mcp_model::service::ServiceDef;
+use mcp_proto as proto;
+use mcp_proto::mcp_master_service_server::McpMasterService;
+use mcp_proto::mcp_registration_service_server::McpRegistrationService;
 use tonic::{Request, Response, Status};
 
 use crate::db::NodeRow;
@@ -39,13 +39,13 @@ impl RegistrationService {
 }
 
 fn caller<T>(req: &Request<T>) -> String {
-    mcp_common::tls::caller(req).map(|i| i.to_string()).unwrap_or_default()
+    mcp_infra::tls::caller(req).map(|i| i.to_string()).unwrap_or_default()
 }
 
 /// The node of an agent caller (the authz layer already checked the
 /// `mcp-node` metadata against the certificate).
 fn agent_node<T>(req: &Request<T>) -> Result<String, Status> {
-    match mcp_common::tls::caller(req) {
+    match mcp_infra::tls::caller(req) {
         Some(Identity::Agent(n)) => Ok(n.clone()),
         other => Err(Status::permission_denied(format!("{other:?} is not an agent"))),
     }

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mcp_common::identity::Identity;
-use mcp_common::proto::mcp_agent_service_client::McpAgentServiceClient;
-use mcp_common::tls::{self, TlsFiles};
+use mcp_infra::tls::{self, TlsFiles};
+use mcp_model::identity::Identity;
+use mcp_proto::mcp_agent_service_client::McpAgentServiceClient;
 use tonic::transport::Channel;
 
 use crate::{Run, TestMaster, User, as_user, bin, chown, ensure_user, env, free_port, mcptest, port_range};
@@ -350,8 +350,8 @@ impl TestAgent {
     /// its user, key 0600), as if another certificate had been issued.
     pub fn plant_tls(&self, chain_pem: &str, key_pem: &str) {
         let tls = self.dir.join("data/tls");
-        mcp_common::fsutil::write_private(&tls.join("agent.key"), key_pem.as_bytes()).unwrap();
-        mcp_common::fsutil::write_atomic(&tls.join("agent.pem"), chain_pem.as_bytes(), 0o644).unwrap();
+        mcp_infra::fsutil::write_private(&tls.join("agent.key"), key_pem.as_bytes()).unwrap();
+        mcp_infra::fsutil::write_atomic(&tls.join("agent.pem"), chain_pem.as_bytes(), 0o644).unwrap();
         chown(self.user, &tls.join("agent.key"));
         chown(self.user, &tls.join("agent.pem"));
     }

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mcp_common::identity::Identity;
-use mcp_common::tls::{self, TlsFiles};
+use mcp_infra::tls::{self, TlsFiles};
+use mcp_model::identity::Identity;
 use tonic::transport::Channel;
 
 use crate::{Run, bin, env, free_port};

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use mcp_common::proto;
+use mcp_proto as proto;
 use mcp_tests::{REGISTRY, Run, TestAgent, fresh_image_tag, http_get, user_dir};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -755,7 +755,7 @@ async fn plaintext_tls12_and_anonymous_clients_are_refused() {
         cfg.alpn_protocols = vec![b"h2".to_vec()];
         Arc::new(cfg)
     };
-    let (ch, _) = mcp_common::tls::connect(&[format!("127.0.0.1:{}", agent.port)], anonymous, Default::default())
+    let (ch, _) = mcp_infra::tls::connect(&[format!("127.0.0.1:{}", agent.port)], anonymous, Default::default())
         .await
         .unwrap();
     let e = proto::mcp_agent_service_client::McpAgentServiceClient::new(ch)
@@ -767,7 +767,7 @@ async fn plaintext_tls12_and_anonymous_clients_are_refused() {
 
 fn rustls_roots(ca: &std::path::Path) -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
-    for c in mcp_common::tls::parse_certs(&std::fs::read(ca).unwrap()).unwrap() {
+    for c in mcp_infra::tls::parse_certs(&std::fs::read(ca).unwrap()).unwrap() {
         roots.add(c).unwrap();
     }
     roots

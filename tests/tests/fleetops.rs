@@ -52,7 +52,7 @@ fn agent_b(a_path: &Path, dir: &Path) -> (PathBuf, String) {
     let v = Command::new(&p).arg("--version").output().unwrap();
     let v = String::from_utf8_lossy(&v.stdout).to_string();
     assert!(v.contains(&format!("(commit {b})")), "patched agent reports {v}");
-    (p, format!("{} (commit {b})", mcp_common::VERSION))
+    (p, format!("{} (commit {b})", mcp_infra::VERSION))
 }
 
 /// The built agent without debug info (31 MB instead of ~200 MB): the same
@@ -552,7 +552,7 @@ fn arm64_agent_reports_its_version_under_qemu() {
     let v = r.stdout.trim();
     let rest = v.strip_prefix("mcp-agent ").unwrap_or_else(|| panic!("{v}"));
     let (version, commit) = rest.split_once(" (commit ").unwrap_or_else(|| panic!("{v}"));
-    assert_eq!(version, mcp_common::VERSION, "{v}");
+    assert_eq!(version, mcp_infra::VERSION, "{v}");
     let commit = commit.trim_end_matches(')');
     assert!(
         commit.len() >= 7 && commit.trim_end_matches("-dirty").chars().all(|c| c.is_ascii_hexdigit()),

@@ -146,7 +146,7 @@ hostname = "raw.example.net"
     }
     // The certificate carries the internal name too (edges dial it).
     let pem = std::fs::read_to_string(worker.dir.join("data/certs/site.pem")).unwrap();
-    let (names, _) = mcp_common::pki::sans(&pem);
+    let (names, _) = mcp_infra::pki::sans(&pem);
     assert_eq!(names, ["site.example.net", "site.svc.mcp.metacircular.net"]);
     // openssl sees the full chain (leaf + CA) and verifies it.
     let out = Command::new("openssl")
@@ -223,16 +223,16 @@ hostname = "raw.example.net"
     // Certificates: reused with more than 30 days left; renewed below.
     let pem_path = worker.dir.join("data/certs/site.pem");
     let serial = |p: &std::path::Path| {
-        mcp_common::pki::serial_and_expiry(&std::fs::read_to_string(p).unwrap())
+        mcp_infra::pki::serial_and_expiry(&std::fs::read_to_string(p).unwrap())
             .unwrap()
             .0
     };
     let first = serial(&pem_path);
     master.mcp(&["restart", "site"]).expect_code(0, "restart");
     assert_eq!(serial(&pem_path), first, "reused with 90 days left");
-    let short = mcp_common::pki::Ca::load(&master.dir.join("data/ca"))
+    let short = mcp_infra::pki::Ca::load(&master.dir.join("data/ca"))
         .unwrap()
-        .issue(&mcp_common::pki::LeafRequest {
+        .issue(&mcp_infra::pki::LeafRequest {
             dns_names: vec!["site.example.net".into(), "site.svc.mcp.metacircular.net".into()],
             days: 10,
             ..Default::default()
@@ -321,7 +321,7 @@ hostname = "raw.example.net"
     let as_master = master.issue("master");
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let mut c = edge.client_with(&as_master).await.unwrap();
-        let base = mcp_common::proto::SetupEdgeRouteRequest {
+        let base = mcp_proto::SetupEdgeRouteRequest {
             hostname: "ok.example.net".into(),
             backend_hostname: "shop.svc.mcp.metacircular.net".into(),
             backend_port: 443,
@@ -333,7 +333,7 @@ hostname = "raw.example.net"
         let cases = [
             (
                 "backend outside the zone",
-                mcp_common::proto::SetupEdgeRouteRequest {
+                mcp_proto::SetupEdgeRouteRequest {
                     backend_hostname: "shop.example.org".into(),
                     ..base.clone()
                 },
@@ -341,7 +341,7 @@ hostname = "raw.example.net"
             ),
             (
                 "backend without TLS",
-                mcp_common::proto::SetupEdgeRouteRequest {
+                mcp_proto::SetupEdgeRouteRequest {
                     backend_tls: false,
                     ..base.clone()
                 },
@@ -349,7 +349,7 @@ hostname = "raw.example.net"
             ),
             (
                 "look-alike domain",
-                mcp_common::proto::SetupEdgeRouteRequest {
+                mcp_proto::SetupEdgeRouteRequest {
                     hostname: "evilexample.net".into(),
                     ..base.clone()
                 },

@@ -365,14 +365,12 @@ fn restore_refuses_damaged_archives_and_retention_keeps_seven() {
     // existing data needs force.
     let keep = volume_dir(&a1, "/srv/notes").join("keep.txt");
     std::fs::write(&keep, "untouched").unwrap();
-    let def = mcp_common::service::parse("notes.toml", &def_text).unwrap();
+    let def = mcp_model::service::parse("notes.toml", &def_text).unwrap();
     let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&good));
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let import = |bytes: Vec<u8>, force: bool| -> Result<mcp_common::proto::ImportServiceDataResponse, tonic::Status> {
+    let import = |bytes: Vec<u8>, force: bool| -> Result<mcp_proto::ImportServiceDataResponse, tonic::Status> {
         rt.block_on(async {
-            use mcp_common::proto::{
-                ImportHeader, ImportServiceDataRequest, ServiceSpec, import_service_data_request::Msg,
-            };
+            use mcp_proto::{ImportHeader, ImportServiceDataRequest, ServiceSpec, import_service_data_request::Msg};
             let mut msgs = vec![ImportServiceDataRequest {
                 msg: Some(Msg::Header(ImportHeader {
                     service: Some(ServiceSpec::from(&def)),

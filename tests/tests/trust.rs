@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mcp_common::identity::{self, Identity, NODE_METADATA, Policy, Role};
-use mcp_common::proto::mcp_master_service_client::McpMasterServiceClient;
-use mcp_common::proto::mcp_registration_service_client::McpRegistrationServiceClient;
-use mcp_common::proto::{self};
-use mcp_common::tls::{self, TlsFiles};
+use mcp_infra::tls::{self, TlsFiles};
+use mcp_model::identity::{self, Identity, NODE_METADATA, Policy, Role};
+use mcp_proto as proto;
+use mcp_proto::mcp_master_service_client::McpMasterServiceClient;
+use mcp_proto::mcp_registration_service_client::McpRegistrationServiceClient;
 use mcp_tests::{Run, TestAgent, TestMaster, mcptest, wait_for};
 use prost::Message;
 use rustls::pki_types::pem::PemObject;
@@ -111,8 +111,8 @@ fn write_identity(dir: &Path, chain: &str, key: &str, ca: &Path) -> TlsFiles {
         key: dir.join("key.pem"),
         ca: ca.to_path_buf(),
     };
-    mcp_common::fsutil::write_atomic(&files.cert, chain.as_bytes(), 0o644).unwrap();
-    mcp_common::fsutil::write_private(&files.key, key.as_bytes()).unwrap();
+    mcp_infra::fsutil::write_atomic(&files.cert, chain.as_bytes(), 0o644).unwrap();
+    mcp_infra::fsutil::write_private(&files.key, key.as_bytes()).unwrap();
     files
 }
 
@@ -157,10 +157,10 @@ fn heartbeat_request(node: &str) -> proto::HeartbeatRequest {
 /// against the fleet CA's fingerprint, the key stays here.
 async fn raw_join(master: &TestMaster, name: &str, token: &str) -> Result<proto::JoinResponse, tonic::Status> {
     let ca = std::fs::read_to_string(master.ca_dir().join("ca.pem")).unwrap();
-    let fp = mcp_common::pki::fingerprint(&ca).unwrap();
+    let fp = mcp_infra::pki::fingerprint(&ca).unwrap();
     let cfg = tls::pinned_client_config(&fp, Identity::Master).unwrap();
     let (ch, _) = tls::connect(&[master.address()], cfg, timeouts()).await.unwrap();
-    let csr = mcp_common::pki::make_csr(&Identity::Agent(name.into()), &[], &[]).unwrap();
+    let csr = mcp_infra::pki::make_csr(&Identity::Agent(name.into()), &[], &[]).unwrap();
     McpRegistrationServiceClient::new(ch)
         .join(proto::JoinRequest {
             name: name.into(),
@@ -553,9 +553,9 @@ fn every_rpc_by_every_identity() {
     };
     let foreign = {
         let d = scratch.path().join("foreign-ca");
-        let other = mcp_common::pki::Ca::create(&d, "foreign").unwrap();
+        let other = mcp_infra::pki::Ca::create(&d, "foreign").unwrap();
         let issued = other
-            .issue(&mcp_common::pki::LeafRequest {
+            .issue(&mcp_infra::pki::LeafRequest {
                 identity: Some(Identity::Human("tester".into())),
                 days: 30,
                 ..Default::default()
@@ -771,7 +771,7 @@ fn join_tokens_are_single_use_expiring_and_bound_to_their_node() {
     let (once, _) = node_add(&master, "once", Some(600));
     let joined = rt.block_on(raw_join(&master, "once", &once)).expect("first join");
     let leaf = leaf_der(&joined.cert_chain_pem);
-    assert_eq!(Identity::from_cert_der(&leaf), Some(Identity::Agent("once".into())));
+    assert_eq!(mcp_infra::tls::identity_of(&leaf), Some(Identity::Agent("once".into())));
     assert_eq!(
         joined.ca_pem,
         std::fs::read_to_string(master.ca_dir().join("ca.pem")).unwrap()
@@ -1014,7 +1014,7 @@ async fn validate(
 fn token_cli(master: &TestMaster, token: &str) -> PathBuf {
     let dir = master.dir.join("mcias-cli");
     let token_path = dir.join(format!("{token}.txt"));
-    mcp_common::fsutil::write_private(&token_path, format!("{token}\n").as_bytes()).unwrap();
+    mcp_infra::fsutil::write_private(&token_path, format!("{token}\n").as_bytes()).unwrap();
     let cfg = dir.join(format!("{token}.toml"));
     std::fs::write(
         &cfg,
@@ -1215,7 +1215,7 @@ fn agent_accepts_mcias_tokens_in_direct_mode() {
     agent.run();
     let cli = |token: &str| {
         let token_path = agent.dir.join(format!("{token}.txt"));
-        mcp_common::fsutil::write_private(&token_path, token.as_bytes()).unwrap();
+        mcp_infra::fsutil::write_private(&token_path, token.as_bytes()).unwrap();
         let cfg = agent.dir.join(format!("{token}.toml"));
         std::fs::write(
             &cfg,
@@ -1445,9 +1445,9 @@ fn certificates_renew_without_restart() {
     let mut master = TestMaster::init("renewm");
     let fleet = FleetCa::load(&master.ca_dir());
     let cert = master.dir.join("data/tls/master.pem");
-    let (dns, ips) = mcp_common::pki::sans(&std::fs::read_to_string(&cert).unwrap());
+    let (dns, ips) = mcp_infra::pki::sans(&std::fs::read_to_string(&cert).unwrap());
     let (chain, key) = fleet.issue(&Identity::Master, &dns, &ips, from, to);
-    mcp_common::fsutil::write_private(&master.dir.join("data/tls/master.key"), key.as_bytes()).unwrap();
+    mcp_infra::fsutil::write_private(&master.dir.join("data/tls/master.key"), key.as_bytes()).unwrap();
     std::fs::write(&cert, &chain).unwrap();
     master.run();
     let rt = runtime();
@@ -1456,7 +1456,7 @@ fn certificates_renew_without_restart() {
         let pem = std::fs::read_to_string(&cert).unwrap();
         pem != chain && rt.block_on(served_leaf(&master.address(), &ca, Identity::Master)) == leaf_der(&pem)
     });
-    let (left, _) = mcp_common::pki::lifetime(&std::fs::read_to_string(&cert).unwrap()).unwrap();
+    let (left, _) = mcp_infra::pki::lifetime(&std::fs::read_to_string(&cert).unwrap()).unwrap();
     assert!(left > 360 * 86400, "renewed for {left} s");
     assert!(master.log().contains("master certificate renewed"));
 
@@ -1468,7 +1468,7 @@ fn certificates_renew_without_restart() {
         master.node_status("renewa").is_some()
     });
     let pid = agent.pid().unwrap();
-    let (dns, ips) = mcp_common::pki::sans(&agent.cert_pem());
+    let (dns, ips) = mcp_infra::pki::sans(&agent.cert_pem());
     let (planted, key) = fleet.issue(&Identity::Agent("renewa".into()), &dns, &ips, from, to);
     agent.plant_tls(&planted, &key);
     let agent_addr = format!("127.0.0.1:{}", agent.port);
@@ -1478,14 +1478,14 @@ fn certificates_renew_without_restart() {
     });
     let renewed = agent.cert_pem();
     let leaf = leaf_der(&renewed);
-    assert_eq!(Identity::from_cert_der(&leaf), Some(server.clone()));
-    let (left, total) = mcp_common::pki::lifetime(&renewed).unwrap();
+    assert_eq!(mcp_infra::tls::identity_of(&leaf), Some(server.clone()));
+    let (left, total) = mcp_infra::pki::lifetime(&renewed).unwrap();
     assert!(
         total >= 90 * 86400 && left > 89 * 86400,
         "renewed for {left} of {total} s"
     );
     assert_eq!(
-        mcp_common::pki::sans(&renewed),
+        mcp_infra::pki::sans(&renewed),
         (dns, ips),
         "the renewed certificate keeps its names"
     );

@@ -21,25 +21,14 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
 
-use super::table::validate;
+use mcp_proxy::validate;
+
 use super::{Mode, ProxyBackend, ProxyError, ProxyRoute};
+use crate::pb;
 
-/// Generated code of the agent's protos: mc-proxy's admin API and gRPC
-/// health checking.
-pub mod pb {
-    /// `mc_proxy.v1`.
-    pub mod mc_proxy {
-        tonic::include_proto!("mc_proxy.v1");
-    }
-    /// `grpc.health.v1`.
-    pub mod health {
-        tonic::include_proto!("grpc.health.v1");
-    }
-}
-
-use pb::health::health_check_response::ServingStatus;
-use pb::health::health_client::HealthClient;
-use pb::mc_proxy::proxy_admin_client::ProxyAdminClient;
+use crate::pb::health::health_check_response::ServingStatus;
+use crate::pb::health::health_client::HealthClient;
+use crate::pb::mc_proxy::proxy_admin_client::ProxyAdminClient;
 
 /// Where mc-proxy is and how its listeners are named.
 #[derive(Debug, Clone)]
@@ -119,7 +108,7 @@ impl McProxy {
     fn error(&self, op: impl Into<String>, status: tonic::Status) -> ProxyError {
         let mut reason = format!("{:?}: {}", status.code(), status.message());
         if let Some(src) = std::error::Error::source(&status) {
-            reason = format!("{reason}: {}", mcp_common::tls::error_chain(src));
+            reason = format!("{reason}: {}", mcp_infra::tls::error_chain(src));
         }
         ProxyError::McProxy {
             socket: self.cfg.socket.display().to_string(),
@@ -236,11 +225,11 @@ impl ProxyBackend for McProxy {
                         .any(|o| o.listener_port == r.listener_port && o.hostname == r.hostname)
             });
             if let Some((owner, _)) = taken {
-                return Err(ProxyError::Conflict {
+                return Err(ProxyError::Route(mcp_proxy::ProxyError::Conflict {
                     hostname: r.hostname.clone(),
                     port: r.listener_port,
                     owner: owner.clone(),
-                });
+                }));
             }
         }
         let old = owned.get(service).cloned().unwrap_or_default();
@@ -327,5 +316,307 @@ impl ProxyBackend for McProxy {
         }
         all.sort_by(|a, b| (a.listener_port, &a.hostname).cmp(&(b.listener_port, &b.hostname)));
         Ok(all)
+    }
+}
+
+/// The adapter against a stand-in for mc-proxy (mc-proxy itself is not
+/// available here): a gRPC server implementing the reconstructed admin
+/// proto over a real unix socket.
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    /// A stand-in for mc-proxy's admin server: routes in memory keyed by
+    /// (listener, hostname), exactly the upsert semantics mc-proxy documents.
+    #[derive(Default, Clone)]
+    struct FakeMcProxy {
+        routes: Arc<Mutex<BTreeMap<(String, String), pb::mc_proxy::Route>>>,
+        limits: Arc<Mutex<BTreeMap<String, i64>>>,
+    }
+
+    impl FakeMcProxy {
+        fn snapshot(&self) -> Vec<(String, String, String, String)> {
+            self.routes
+                .lock()
+                .expect("lock")
+                .iter()
+                .map(|((l, h), r)| (l.clone(), h.clone(), r.mode.clone(), r.backend.clone()))
+                .collect()
+        }
+    }
+
+    #[tonic::async_trait]
+    impl pb::mc_proxy::proxy_admin_server::ProxyAdmin for FakeMcProxy {
+        async fn add_route(
+            &self,
+            req: tonic::Request<pb::mc_proxy::AddRouteRequest>,
+        ) -> Result<tonic::Response<pb::mc_proxy::AddRouteResponse>, tonic::Status> {
+            let req = req.into_inner();
+            let route = req
+                .route
+                .ok_or_else(|| tonic::Status::invalid_argument("route required"))?;
+            if route.hostname == "fail.test" {
+                return Err(tonic::Status::internal("database is locked"));
+            }
+            if route.mode == "l7" && (route.tls_cert.is_empty() || route.tls_key.is_empty()) {
+                return Err(tonic::Status::invalid_argument("l7 needs tls_cert and tls_key"));
+            }
+            self.routes
+                .lock()
+                .expect("lock")
+                .insert((req.listener_addr, route.hostname.clone()), route);
+            Ok(tonic::Response::new(pb::mc_proxy::AddRouteResponse {}))
+        }
+
+        async fn remove_route(
+            &self,
+            req: tonic::Request<pb::mc_proxy::RemoveRouteRequest>,
+        ) -> Result<tonic::Response<pb::mc_proxy::RemoveRouteResponse>, tonic::Status> {
+            let req = req.into_inner();
+            match self
+                .routes
+                .lock()
+                .expect("lock")
+                .remove(&(req.listener_addr, req.hostname))
+            {
+                Some(_) => Ok(tonic::Response::new(pb::mc_proxy::RemoveRouteResponse {})),
+                None => Err(tonic::Status::not_found("no such route")),
+            }
+        }
+
+        async fn list_routes(
+            &self,
+            req: tonic::Request<pb::mc_proxy::ListRoutesRequest>,
+        ) -> Result<tonic::Response<pb::mc_proxy::ListRoutesResponse>, tonic::Status> {
+            let listener = req.into_inner().listener_addr;
+            let routes = self
+                .routes
+                .lock()
+                .expect("lock")
+                .iter()
+                .filter(|((l, _), _)| *l == listener)
+                .map(|(_, r)| r.clone())
+                .collect();
+            Ok(tonic::Response::new(pb::mc_proxy::ListRoutesResponse {
+                listener_addr: listener,
+                routes,
+            }))
+        }
+
+        async fn add_firewall_rule(
+            &self,
+            _: tonic::Request<pb::mc_proxy::AddFirewallRuleRequest>,
+        ) -> Result<tonic::Response<pb::mc_proxy::AddFirewallRuleResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in the stand-in"))
+        }
+
+        async fn remove_firewall_rule(
+            &self,
+            _: tonic::Request<pb::mc_proxy::RemoveFirewallRuleRequest>,
+        ) -> Result<tonic::Response<pb::mc_proxy::RemoveFirewallRuleResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in the stand-in"))
+        }
+
+        async fn get_status(
+            &self,
+            _: tonic::Request<pb::mc_proxy::GetStatusRequest>,
+        ) -> Result<tonic::Response<pb::mc_proxy::GetStatusResponse>, tonic::Status> {
+            let listeners = [":443", ":8443"]
+                .into_iter()
+                .map(|addr| pb::mc_proxy::ListenerStatus {
+                    addr: addr.into(),
+                    ..Default::default()
+                })
+                .collect();
+            Ok(tonic::Response::new(pb::mc_proxy::GetStatusResponse {
+                version: "stand-in".into(),
+                listeners,
+                ..Default::default()
+            }))
+        }
+
+        async fn set_listener_max_connections(
+            &self,
+            req: tonic::Request<pb::mc_proxy::SetListenerMaxConnectionsRequest>,
+        ) -> Result<tonic::Response<pb::mc_proxy::SetListenerMaxConnectionsResponse>, tonic::Status> {
+            let req = req.into_inner();
+            self.limits
+                .lock()
+                .expect("lock")
+                .insert(req.listener_addr, req.max_connections);
+            Ok(tonic::Response::new(pb::mc_proxy::SetListenerMaxConnectionsResponse {}))
+        }
+    }
+
+    struct Serving;
+
+    #[tonic::async_trait]
+    impl pb::health::health_server::Health for Serving {
+        async fn check(
+            &self,
+            _: tonic::Request<pb::health::HealthCheckRequest>,
+        ) -> Result<tonic::Response<pb::health::HealthCheckResponse>, tonic::Status> {
+            Ok(tonic::Response::new(pb::health::HealthCheckResponse {
+                status: pb::health::health_check_response::ServingStatus::Serving as i32,
+            }))
+        }
+
+        type WatchStream = std::pin::Pin<
+            Box<dyn futures::Stream<Item = Result<pb::health::HealthCheckResponse, tonic::Status>> + Send>,
+        >;
+
+        async fn watch(
+            &self,
+            _: tonic::Request<pb::health::HealthCheckRequest>,
+        ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in the stand-in"))
+        }
+    }
+
+    #[tokio::test]
+    async fn mc_proxy_adapter_manages_routes_over_the_admin_socket() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("mc-proxy.sock");
+        let fake = FakeMcProxy::default();
+        let bootstrap = pb::mc_proxy::Route {
+            hostname: "bootstrap.test".into(),
+            backend: "127.0.0.1:9000".into(),
+            ..Default::default()
+        };
+        fake.routes
+            .lock()
+            .expect("lock")
+            .insert((":443".into(), "bootstrap.test".into()), bootstrap);
+        let listener = tokio::net::UnixListener::bind(&socket).expect("bind socket");
+        let server = fake.clone();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(pb::mc_proxy::proxy_admin_server::ProxyAdminServer::new(server))
+                .add_service(pb::health::health_server::HealthServer::new(Serving))
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+                .await
+                .expect("serve");
+        });
+
+        let mc = McProxy::new(McProxyConfig::new(&socket)).expect("client");
+        mc.check().await.expect("health");
+
+        let cert = Some(PathBuf::from("/srv/mc-proxy/certs/web.pem"));
+        let key = Some(PathBuf::from("/srv/mc-proxy/certs/web.key"));
+        let web = ProxyRoute {
+            service: "web".into(),
+            listener_port: 443,
+            hostname: "web.test".into(),
+            mode: Mode::L7,
+            backend: "127.0.0.1:10001".into(),
+            backend_tls: false,
+            backend_name: None,
+            cert: cert.clone(),
+            key: key.clone(),
+        };
+        let api = ProxyRoute {
+            service: "web".into(),
+            listener_port: 8443,
+            hostname: "api.test".into(),
+            mode: Mode::L4,
+            backend: "127.0.0.1:10002".into(),
+            backend_tls: false,
+            backend_name: None,
+            cert: None,
+            key: None,
+        };
+        mc.set_routes("web", vec![web.clone(), api.clone()]).await.expect("set");
+        let s = |l: &str, h: &str, m: &str, b: &str| (l.to_string(), h.to_string(), m.to_string(), b.to_string());
+        assert_eq!(
+            fake.snapshot(),
+            [
+                s(":443", "bootstrap.test", "", "127.0.0.1:9000"),
+                s(":443", "web.test", "l7", "127.0.0.1:10001"),
+                s(":8443", "api.test", "l4", "127.0.0.1:10002"),
+            ]
+        );
+        {
+            let routes = fake.routes.lock().expect("lock");
+            let stored = &routes[&(":443".to_string(), "web.test".to_string())];
+            assert_eq!(stored.tls_cert, "/srv/mc-proxy/certs/web.pem");
+            assert_eq!(stored.tls_key, "/srv/mc-proxy/certs/web.key");
+            assert!(!stored.send_proxy_protocol);
+        }
+        let listed = mc.routes().await.expect("list");
+        let mut bootstrap_listed = ProxyRoute {
+            service: String::new(),
+            listener_port: 443,
+            hostname: "bootstrap.test".into(),
+            mode: Mode::L4,
+            backend: "127.0.0.1:9000".into(),
+            backend_tls: false,
+            backend_name: None,
+            cert: None,
+            key: None,
+        };
+        assert_eq!(listed, vec![bootstrap_listed.clone(), web.clone(), api.clone()]);
+
+        // Replacing the set removes what is no longer wanted.
+        let mut moved = web.clone();
+        moved.backend = "127.0.0.1:10003".into();
+        mc.set_routes("web", vec![moved.clone()]).await.expect("replace");
+        assert_eq!(
+            fake.snapshot(),
+            [
+                s(":443", "bootstrap.test", "", "127.0.0.1:9000"),
+                s(":443", "web.test", "l7", "127.0.0.1:10003"),
+            ]
+        );
+
+        // Another service cannot take the hostname; a failed update is rolled back.
+        let mut stolen = moved.clone();
+        stolen.service = "other".into();
+        let err = mc
+            .set_routes("other", vec![stolen])
+            .await
+            .expect_err("conflict")
+            .to_string();
+        assert_eq!(err, "route web.test on port 443 already belongs to service web");
+        let mut failing = moved.clone();
+        failing.backend = "127.0.0.1:10004".into();
+        let mut fail = api.clone();
+        fail.hostname = "fail.test".into();
+        let err = mc
+            .set_routes("web", vec![failing, fail])
+            .await
+            .expect_err("mc-proxy error")
+            .to_string();
+        assert!(
+            err.contains("AddRoute fail.test on port 8443") && err.contains("database is locked"),
+            "{err}"
+        );
+        assert!(err.contains(&socket.display().to_string()), "{err}");
+        assert_eq!(
+            fake.snapshot(),
+            [
+                s(":443", "bootstrap.test", "", "127.0.0.1:9000"),
+                s(":443", "web.test", "l7", "127.0.0.1:10003"),
+            ],
+            "rolled back to the previous backend"
+        );
+
+        mc.set_listener_max_connections(443, 500).await.expect("limit");
+        assert_eq!(fake.limits.lock().expect("lock").get(":443"), Some(&500));
+
+        mc.remove_routes("web").await.expect("remove");
+        bootstrap_listed.service = String::new();
+        assert_eq!(
+            mc.routes().await.expect("list"),
+            vec![bootstrap_listed],
+            "mc-proxy's own routes stay"
+        );
+
+        // Nothing listening: errors name the socket.
+        let gone = McProxy::new(McProxyConfig::new(&dir.path().join("absent.sock"))).expect("client");
+        let err = gone.check().await.expect_err("no mc-proxy").to_string();
+        assert!(err.contains("absent.sock") && err.contains("health check"), "{err}");
     }
 }

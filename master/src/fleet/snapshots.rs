@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use mcp_common::placement::NodeRole;
-use mcp_common::proto;
-use mcp_common::service::{ServiceDef, Tier};
-use mcp_common::snapshot;
+use mcp_model::placement::NodeRole;
+use mcp_model::service::{ServiceDef, Tier};
+use mcp_model::snapshot;
+use mcp_proto as proto;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;

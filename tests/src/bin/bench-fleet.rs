@@ -30,12 +30,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mcp_common::identity::{Identity, NODE_METADATA};
-use mcp_common::pki::{Ca, LeafRequest};
-use mcp_common::proto::mcp_agent_service_server::{McpAgentService, McpAgentServiceServer};
-use mcp_common::proto::mcp_registration_service_client::McpRegistrationServiceClient;
-use mcp_common::proto::{self};
-use mcp_common::tls::{self, TlsFiles};
+use mcp_infra::pki::{Ca, LeafRequest};
+use mcp_infra::tls::{self, TlsFiles};
+use mcp_model::identity::{Identity, NODE_METADATA};
+use mcp_proto as proto;
+use mcp_proto::mcp_agent_service_server::{McpAgentService, McpAgentServiceServer};
+use mcp_proto::mcp_registration_service_client::McpRegistrationServiceClient;
 use mcp_tests::{TestMaster, median, proc_status_kib};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -306,7 +306,7 @@ async fn link(master: String, name: String, files: TlsFiles, address: String) ->
         role: "worker".into(),
         address,
         arch: "x86_64".into(),
-        version: mcp_common::VERSION.into(),
+        version: mcp_infra::VERSION.into(),
         cpus: 4,
         memory_total_bytes: 8 << 30,
     };
@@ -658,7 +658,7 @@ impl McpAgentService for FakeAgent {
         Ok(Response::new(proto::LiveCheckResponse {
             ok: true,
             node: self.node.clone(),
-            version: mcp_common::VERSION.into(),
+            version: mcp_infra::VERSION.into(),
         }))
     }
 
