@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod pki;
 pub mod random;
 pub mod tls;
+pub mod worker;
 
 /// Version of this build, shown by every binary.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
