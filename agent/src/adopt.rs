@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 
 use mcp_model::service::{self, ComponentDef, ServiceDef};
 
-use crate::ops::{Agent, OpError};
-use crate::podman::{LABEL_COMPONENT, LABEL_NODE, LABEL_SERVICE};
+use crate::handle::Agent;
+use crate::outcome::OpError;
 use crate::registry::{ComponentRecord, Desired, ServiceRecord};
-use crate::spec::{ContainerSpec, DEFAULT_RESTART};
+use crate::runtime::spec::{ContainerSpec, DEFAULT_RESTART, LABEL_COMPONENT, LABEL_NODE, LABEL_SERVICE};
 
 /// The component a container name stands for in `service`, if it follows
 /// the naming of SPEC §14. Pure.
@@ -126,7 +126,7 @@ impl Agent {
             updated_at: 0,
         });
         let mut out = Adopted::default();
-        let mut names: Vec<String> = self.podman.list_all().await?.into_keys().collect();
+        let mut names: Vec<String> = self.runtime.list_all().await?.into_keys().collect();
         names.sort();
         for container in names {
             let Some(component) = component_of(name, &container) else {
@@ -135,7 +135,7 @@ impl Agent {
             if self.registry.container_owner(&container)?.is_some() || rec.component(&component).is_some() {
                 continue;
             }
-            let Some(v) = self.podman.inspect_raw(&container).await? else {
+            let Some(v) = self.runtime.inspect_raw(&container).await? else {
                 continue;
             };
             let labels = BTreeMap::from([

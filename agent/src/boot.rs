@@ -9,8 +9,11 @@ use std::time::{Duration, Instant};
 use crate::config::BootSection;
 use futures::StreamExt;
 use mcp_infra::config::parse_duration;
+use mcp_infra::worker::Backoff;
 
-use crate::ops::{Agent, OpError, Revived};
+use crate::handle::Agent;
+use crate::lifecycle::Revived;
+use crate::outcome::OpError;
 
 /// Name of the stage whose failure blocks the boot (it is retried, with
 /// alerts, until it is healthy).
@@ -19,6 +22,8 @@ pub const FOUNDATION: &str = "foundation";
 pub const UNSTAGED: &str = "unstaged";
 /// Services of one stage brought back at once.
 const PARALLEL: usize = 4;
+/// Pause before the foundation stage's next attempt: 2 s doubling to 60 s.
+const FOUNDATION_RETRY: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(60));
 
 /// One stage to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,8 +75,8 @@ pub struct StageStatus {
     pub services: Vec<String>,
 }
 
-/// Boot progress shared with the gRPC server; one boot or recovery at a
-/// time.
+/// Boot progress, owned by the boot sequence and read by the gRPC server
+/// and the monitor; one boot or recovery at a time.
 #[derive(Default)]
 pub struct BootState {
     stages: std::sync::Mutex<Vec<StageStatus>>,
@@ -122,11 +127,12 @@ pub struct Report {
 /// (0: until it is healthy or `stop` fires), later stages are not.
 pub async fn run(
     agent: &Arc<Agent>,
+    state: &BootState,
     kind: &str,
     foundation_attempts: u32,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Report {
-    let _one = agent.boot.running.lock().await;
+    let _one = state.running.lock().await;
     let begun = Instant::now();
     let recorded: Vec<String> = match agent.registry.services() {
         Ok(s) => s
@@ -145,7 +151,7 @@ pub async fn run(
         }
     };
     let stages = stages(&agent.cfg.boot, &recorded);
-    *agent.boot.stages.lock().unwrap_or_else(|p| p.into_inner()) = stages
+    *state.stages.lock().unwrap_or_else(|p| p.into_inner()) = stages
         .iter()
         .map(|s| StageStatus {
             name: s.name.clone(),
@@ -159,7 +165,7 @@ pub async fn run(
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            agent.boot.set(i, "starting", format!("attempt {attempt}"));
+            state.set(i, "starting", format!("attempt {attempt}"));
             tracing::info!(stage = %stage.name, services = ?stage.services, attempt, "{kind}: starting stage");
             let (results, revived, healthy) = run_stage(agent, stage, kind).await;
             report.revived.created += revived.created;
@@ -171,28 +177,24 @@ pub async fn run(
                 .collect();
             let health_err = healthy.err();
             if failed.is_empty() && health_err.is_none() {
-                agent
-                    .boot
-                    .set(i, "healthy", format!("{} services healthy", stage.services.len()));
+                state.set(i, "healthy", format!("{} services healthy", stage.services.len()));
                 tracing::info!(stage = %stage.name, "{kind}: stage healthy");
                 report.services.extend(results);
                 break;
             }
             let why = failed.into_iter().chain(health_err).collect::<Vec<_>>().join("; ");
             if stage.name != FOUNDATION || (foundation_attempts > 0 && attempt >= foundation_attempts) {
-                agent.boot.set(i, "failed", why.clone());
+                state.set(i, "failed", why.clone());
                 tracing::warn!(stage = %stage.name, reason = %why, "{kind}: stage failed; continuing with the next");
                 report.services.extend(mark_failed(results, &why));
                 break;
             }
             // The foundation blocks everything after it: retry, alert.
-            let pause = Duration::from_secs((1u64 << attempt.min(6)).min(60));
-            agent
-                .boot
-                .set(i, "retrying", format!("{why}; retry in {}s", pause.as_secs()));
+            let pause = FOUNDATION_RETRY.base(attempt);
+            state.set(i, "retrying", format!("{why}; retry in {}s", pause.as_secs()));
             tracing::error!(stage = %stage.name, reason = %why, attempt, "{kind}: foundation stage failed; retrying");
             for s in &stage.services {
-                crate::monitor::alert(agent, s, "", &format!("{kind}-blocked"), &why);
+                agent.alert(s, "", &format!("{kind}-blocked"), &why);
             }
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
@@ -245,7 +247,7 @@ async fn run_stage(agent: &Arc<Agent>, stage: &Stage, kind: &str) -> (Vec<Servic
                         let detail = out
                             .steps
                             .iter()
-                            .find(|s| s.name == crate::ops::step::CONTAINERS)
+                            .find(|s| s.name == crate::outcome::step::CONTAINERS)
                             .map(|s| s.detail.clone())
                             .unwrap_or_default();
                         let broken: Vec<String> = out
@@ -331,13 +333,13 @@ async fn wait_healthy(agent: &Agent, services: &[String], stage: &Stage) -> Resu
 /// answers from an abandoned namespace) or down, repairs interrupted deploys, runs the boot sequence,
 /// and re-applies routes, DNS and edge routes. Idempotent.
 /// A failing foundation stage is tried three times, then reported.
-pub async fn recover(agent: &Arc<Agent>) -> Result<Report, OpError> {
-    agent.podman.ensure_fresh(agent.cfg.podman.start_service).await?;
+pub async fn recover(agent: &Arc<Agent>, state: &BootState) -> Result<Report, OpError> {
+    agent.runtime.ensure_fresh(agent.cfg.podman.start_service).await?;
     if let Err(e) = agent.repair_interrupted().await {
         tracing::warn!(error = %e, "recover: could not check for interrupted deploys");
     }
     let (_keep, stop) = tokio::sync::watch::channel(false);
-    let report = run(agent, "recover", 3, stop).await;
+    let report = run(agent, state, "recover", 3, stop).await;
     agent.reapply_all().await;
     Ok(report)
 }

@@ -12,7 +12,7 @@ use mcp_model::join::JoinToken;
 use mcp_proto::{self as proto, mcp_registration_service_client::McpRegistrationServiceClient};
 use tonic::transport::Channel;
 
-use crate::ops::Agent;
+use crate::handle::Agent;
 
 type Client = McpRegistrationServiceClient<Channel>;
 
@@ -165,7 +165,7 @@ async fn heartbeat(agent: &Agent, node: &str) -> proto::HeartbeatRequest {
     let (disk_total, disk_avail) = crate::node::disk(&agent.cfg.agent.data_dir);
     // The containers this agent runs (what placement balances), not others
     // the user may run by hand.
-    let (containers, _) = agent.podman.count_node(node).await.unwrap_or((0, 0));
+    let (containers, _) = agent.runtime.count_node(node).await.unwrap_or((0, 0));
     proto::HeartbeatRequest {
         name: node.to_string(),
         cpu_load: crate::node::load1(),

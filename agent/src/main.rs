@@ -6,11 +6,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use mcp_agent::boot::BootState;
 use mcp_agent::config::{AgentConfig, AgentSection, PodmanSection, PortsSection};
-use mcp_agent::ops::Agent;
-use mcp_agent::podman::{self, Podman};
+use mcp_agent::handle::{Agent, Platform};
+use mcp_agent::monitor::MonitorState;
 use mcp_agent::registry::Registry;
-use mcp_agent::server::AgentService;
+use mcp_agent::rpc::server::AgentService;
+use mcp_agent::runtime::ContainerRuntime;
+use mcp_agent::runtime::podman::{self, Podman};
 use mcp_infra::config::LogSection;
 use mcp_infra::pki::{Ca, LeafRequest};
 use mcp_infra::tls::TlsFiles;
@@ -325,7 +328,7 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
         Some(m) => mcp_infra::tls::AuthzLayer::with_tokens(Arc::new(mcp_infra::mcias::Mcias::new(m)?)),
         None => mcp_infra::tls::AuthzLayer::new(),
     };
-    let registry = Registry::open(&cfg.registry_path())?;
+    let registry = Registry::open(&cfg.registry_path())?.observed(mcp_agent::metrics::event);
     let socket = cfg.podman.socket.clone().unwrap_or_else(podman::default_socket);
     let podman = Podman::connect(
         &socket,
@@ -340,7 +343,8 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
         .await
         .with_context(|| format!("listen on {}", cfg.agent.listen))?;
     let platform = platform(&cfg)?;
-    let agent = Arc::new(Agent::new(cfg.clone(), registry, podman, version, platform));
+    let agent = Arc::new(Agent::new(cfg.clone(), registry, Arc::new(podman), version, platform));
+    let (boot, monitor) = (Arc::new(BootState::default()), Arc::new(MonitorState::default()));
     mcp_agent::metrics::start(&agent).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let link = tokio::spawn(mcp_agent::link::run(agent.clone(), cert_store, stop_rx.clone()));
@@ -354,13 +358,13 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
     // stage by stage ([[boot.sequence]]); then the monitor takes over
     // (drift, flapping, repairs, routes, DNS, hourly certificate renewal).
     let background = {
-        let agent = agent.clone();
+        let (agent, boot, monitor) = (agent.clone(), boot.clone(), monitor.clone());
         let stop = stop_rx.clone();
         tokio::spawn(async move {
             agent.reapply_all().await;
-            mcp_agent::boot::run(&agent, "boot", 0, stop.clone()).await;
+            mcp_agent::boot::run(&agent, &boot, "boot", 0, stop.clone()).await;
             if !*stop.borrow() {
-                mcp_agent::monitor::run(agent, stop).await;
+                mcp_agent::monitor::run(agent, monitor, boot, stop.into()).await;
             }
         })
     };
@@ -371,7 +375,7 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
         commit = mcp_infra::GIT_COMMIT,
         "mcp-agent serving"
     );
-    let svc = mcp_proto::mcp_agent_service_server::McpAgentServiceServer::new(AgentService::new(agent));
+    let svc = mcp_proto::mcp_agent_service_server::McpAgentServiceServer::new(AgentService::new(agent, boot, monitor));
     tonic::transport::Server::builder()
         .layer(layer)
         .add_service(svc)
@@ -394,10 +398,10 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
 }
 
 /// The platform services of this node, from its configuration.
-fn platform(cfg: &AgentConfig) -> Result<mcp_agent::ops::Platform> {
+fn platform(cfg: &AgentConfig) -> Result<Platform> {
     use mcp_agent::proxy::{BuiltinProxy, McProxy, McProxyConfig, ProxyConfig};
     let master = mcp_agent::platform::Master::new(cfg);
-    let mut p = mcp_agent::ops::Platform::default();
+    let mut p = Platform::default();
     if cfg.ca_from_master() {
         let m = master
             .clone()

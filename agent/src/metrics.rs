@@ -10,7 +10,8 @@ use std::sync::{Arc, LazyLock};
 
 use mcp_infra::metrics::{self as m, CounterFamily, GaugeF64, GaugeFamily, HistogramFamily, Registry, labels};
 
-use crate::ops::{Agent, OpError, Outcome};
+use crate::handle::Agent;
+use crate::outcome::{OpError, Outcome};
 use crate::registry::Desired;
 
 struct Metrics {
@@ -246,7 +247,7 @@ pub async fn render(agent: &Agent) -> String {
     x.disk_available.set(available as f64);
     // Components that should run: are they running? (Unreadable state
     // leaves the previous values rather than claiming everything is down.)
-    if let (Ok(records), Ok(listed)) = (agent.registry.services(), agent.podman.list_managed().await) {
+    if let (Ok(records), Ok(listed)) = (agent.registry.services(), agent.runtime.list_managed().await) {
         x.container_up.clear();
         for r in records {
             for c in r.components.iter().filter(|c| c.desired == Desired::Running) {

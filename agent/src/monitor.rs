@@ -12,10 +12,13 @@ use std::time::Duration;
 
 use crate::config::MonitorSection;
 
-use crate::ops::Agent;
-use crate::podman::{LABEL_HASH, Observed};
+use crate::boot::BootState;
+use crate::handle::Agent;
 use crate::registry::Desired;
-use crate::spec::ContainerSpec;
+use crate::runtime::Observed;
+use crate::runtime::spec::ContainerSpec;
+use crate::runtime::spec::LABEL_HASH;
+use mcp_infra::worker::{Next, Pass, PassResult, Schedule, Shutdown, Worker};
 
 /// How a container differs from its recorded spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,7 +203,7 @@ impl Watch {
     }
 }
 
-/// Monitor state shared with the gRPC server.
+/// What the monitor remembers between passes; the gRPC server reads its summary.
 #[derive(Default)]
 pub struct MonitorState {
     inner: std::sync::Mutex<Inner>,
@@ -228,36 +231,57 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs passes until `stop` fires.
-pub async fn run(agent: Arc<Agent>, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// Runs the monitor every `monitor.interval` until `shutdown`: a pass
+/// (skipped while a boot or recovery runs: missing containers are expected
+/// then, and repairs would break the order), and every hour the upkeep
+/// (DNS records again, certificate renewals, old events pruned).
+pub async fn run(agent: Arc<Agent>, state: Arc<MonitorState>, boot: Arc<BootState>, shutdown: Shutdown) {
     let every = Duration::from_secs(agent.cfg.monitor.interval);
-    let hourly = Duration::from_secs(3600);
-    let mut last_upkeep = tokio::time::Instant::now();
     agent.prune_events();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.changed() => return,
+    let monitor = Monitor {
+        agent,
+        state,
+        boot,
+        last_upkeep: tokio::time::Instant::now(),
+    };
+    Worker::new("monitor", Schedule::every(every), monitor)
+        .run(shutdown)
+        .await;
+}
+
+/// The monitor's worker pass and what it remembers between passes.
+struct Monitor {
+    agent: Arc<Agent>,
+    state: Arc<MonitorState>,
+    boot: Arc<BootState>,
+    last_upkeep: tokio::time::Instant,
+}
+
+impl Pass for Monitor {
+    async fn run(&mut self) -> PassResult {
+        if self.boot.busy() {
+            return Ok(Next::Period);
         }
-        if agent.boot.busy() {
-            continue;
+        pass(&self.agent, &self.state).await;
+        if self.last_upkeep.elapsed() >= UPKEEP_EVERY {
+            self.last_upkeep = tokio::time::Instant::now();
+            self.agent.upkeep().await;
+            self.agent.prune_events();
         }
-        pass(&agent).await;
-        if last_upkeep.elapsed() >= hourly {
-            last_upkeep = tokio::time::Instant::now();
-            agent.upkeep().await;
-            agent.prune_events();
-        }
+        Ok(Next::Period)
     }
 }
 
+/// How often the upkeep runs.
+const UPKEEP_EVERY: Duration = Duration::from_secs(3600);
+
 /// One pass over every service that should run.
-pub async fn pass(agent: &Arc<Agent>) {
+pub async fn pass(agent: &Arc<Agent>, state: &MonitorState) {
     let cfg = &agent.cfg.monitor;
     // After a `podman system reset` the API service answers from an
     // abandoned namespace: every create would hang.
-    if agent.podman.service_stale() {
-        if let Err(e) = agent.podman.ensure_fresh(agent.cfg.podman.start_service).await {
+    if agent.runtime.stale() {
+        if let Err(e) = agent.runtime.ensure_fresh(agent.cfg.podman.start_service).await {
             tracing::error!(error = %e, "monitor: podman API unusable");
             return;
         }
@@ -280,7 +304,7 @@ pub async fn pass(agent: &Arc<Agent>) {
         let mut repairs = Vec::new();
         for c in rec.components.iter().filter(|c| c.desired == Desired::Running) {
             live.insert(c.spec.name.clone());
-            let seen = match agent.podman.inspect(&c.spec.name).await {
+            let seen = match agent.runtime.inspect(&c.spec.name).await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(container = %c.spec.name, error = %e, "monitor: cannot inspect");
@@ -292,7 +316,7 @@ pub async fn pass(agent: &Arc<Agent>) {
                 drifted += 1;
             }
             let (signals, repair) = {
-                let mut inner = agent.monitor.inner.lock().unwrap_or_else(|p| p.into_inner());
+                let mut inner = state.inner.lock().unwrap_or_else(|p| p.into_inner());
                 let w = inner.watch.entry(c.spec.name.clone()).or_default();
                 w.new_restarts = 0;
                 let signals = w.observe(now(), seen.as_ref(), drift.as_ref(), cfg);
@@ -316,14 +340,14 @@ pub async fn pass(agent: &Arc<Agent>) {
                 }
                 Err(e) => {
                     // revive recorded the event.
-                    alert(agent, name, &component, "repaired-failed", &e.to_string());
+                    agent.alert(name, &component, "repaired-failed", &e.to_string());
                 }
             }
         }
         ensure_routes(agent, rec).await;
     }
     agent.retry_deferred_dns().await;
-    let mut inner = agent.monitor.inner.lock().unwrap_or_else(|p| p.into_inner());
+    let mut inner = state.inner.lock().unwrap_or_else(|p| p.into_inner());
     inner.watch.retain(|k, _| live.contains(k));
     inner.last_run = now() as i64;
     inner.drifted = drifted;
@@ -357,66 +381,6 @@ async fn ensure_routes(agent: &Agent, rec: &crate::registry::ServiceRecord) {
         ),
         Err(e) => agent.report(&rec.def.name, "", "routes-failed", &e, true),
     }
-}
-
-/// Sends an alert: to the log, and to `monitor.alert_command` when set
-/// (the event as JSON on stdin and as `MCP_EVENT_*` variables). Never
-/// blocks the caller; a command that hangs is killed after 30 s.
-pub fn alert(agent: &Agent, service: &str, component: &str, kind: &str, message: &str) {
-    tracing::warn!(alert = kind, %service, %component, %message, "alert");
-    let cmd = &agent.cfg.monitor.alert_command;
-    let Some((program, args)) = cmd.split_first() else {
-        return;
-    };
-    let time = now();
-    let event = serde_json::json!({
-        "node": agent.name(),
-        "service": service,
-        "component": component,
-        "kind": kind,
-        "message": message,
-        "time": time,
-    });
-    let mut c = tokio::process::Command::new(program);
-    c.args(args)
-        .env("MCP_EVENT_NODE", agent.name())
-        .env("MCP_EVENT_SERVICE", service)
-        .env("MCP_EVENT_COMPONENT", component)
-        .env("MCP_EVENT_KIND", kind)
-        .env("MCP_EVENT_MESSAGE", message)
-        .env("MCP_EVENT_TIME", time.to_string())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let program = program.clone();
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    rt.spawn(async move {
-        use tokio::io::AsyncWriteExt;
-        let mut child = match c.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(command = %program, error = %e, "cannot run the alert command");
-                return;
-            }
-        };
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(format!("{event}\n").as_bytes()).await;
-        }
-        match tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await {
-            Ok(Ok(o)) if o.status.success() => {}
-            Ok(Ok(o)) => tracing::error!(
-                command = %program,
-                status = %o.status,
-                stderr = %String::from_utf8_lossy(&o.stderr).trim(),
-                "alert command failed"
-            ),
-            Ok(Err(e)) => tracing::error!(command = %program, error = %e, "alert command failed"),
-            Err(_) => tracing::error!(command = %program, "alert command timed out after 30s; killed"),
-        }
-    });
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use mcp_model::service::ServiceDef;
 use mcp_store::{self as db, DbError};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::spec::ContainerSpec;
+use crate::runtime::spec::ContainerSpec;
 
 /// Schema migrations; index i brings version i to i + 1.
 const MIGRATIONS: &[&str] = &[
@@ -165,6 +165,27 @@ type Result<T> = std::result::Result<T, RegistryError>;
 /// The registry; one connection behind a mutex (operations are short).
 pub struct Registry {
     conn: Mutex<Connection>,
+    /// Told of every event recorded with [`Registry::event`] (metrics count
+    /// them); the registry itself knows nothing of who listens.
+    on_event: Option<EventHook>,
+}
+
+/// Called with (service, component, kind) of each recorded event.
+pub type EventHook = fn(&str, &str, &str);
+
+/// An edge route this (edge) node serves: a public hostname proxied over
+/// TLS to a service's internal name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeRoute {
+    pub hostname: String,
+    pub port: u32,
+    pub service: String,
+    pub backend_hostname: String,
+    pub backend_port: u32,
+    /// Where to dial, when not the backend hostname (edges dial a worker's
+    /// proxy by address and verify it by name).
+    pub backend_address: String,
+    pub backend_tls: bool,
 }
 
 fn now_ms() -> i64 {
@@ -179,14 +200,22 @@ impl Registry {
     pub fn open(path: &Path) -> Result<Registry> {
         Ok(Registry {
             conn: Mutex::new(db::open(path, MIGRATIONS)?),
+            on_event: None,
         })
+    }
+
+    /// The same registry, telling `hook` of every event it records.
+    pub fn observed(mut self, hook: EventHook) -> Registry {
+        self.on_event = Some(hook);
+        self
     }
 
     /// An in-memory registry for unit tests.
     #[cfg(test)]
     pub fn in_memory() -> Registry {
         Registry {
-            conn: Mutex::new(db::open_in_memory(MIGRATIONS).unwrap()),
+            conn: Mutex::new(db::open_in_memory(MIGRATIONS).expect("an in-memory database opens")),
+            on_event: None,
         }
     }
 
@@ -352,7 +381,7 @@ impl Registry {
     }
 
     /// Records an edge route this (edge) node serves.
-    pub fn save_edge(&self, r: &mcp_proto::SetupEdgeRouteRequest) -> Result<()> {
+    pub fn save_edge(&self, r: &EdgeRoute) -> Result<()> {
         self.conn().execute(
             "INSERT OR REPLACE INTO edge_routes (hostname, port, service, backend_hostname, backend_port,
                                                  backend_address, created_at)
@@ -378,7 +407,7 @@ impl Registry {
     }
 
     /// Edge routes this node serves, as the requests that set them up.
-    pub fn edges(&self) -> Result<Vec<mcp_proto::SetupEdgeRouteRequest>> {
+    pub fn edges(&self) -> Result<Vec<EdgeRoute>> {
         let conn = self.conn();
         let rows = conn
             .prepare(
@@ -386,7 +415,7 @@ impl Registry {
                  FROM edge_routes ORDER BY hostname",
             )?
             .query_map([], |r| {
-                Ok(mcp_proto::SetupEdgeRouteRequest {
+                Ok(EdgeRoute {
                     hostname: r.get(0)?,
                     port: r.get(1)?,
                     service: r.get(2)?,
@@ -403,7 +432,9 @@ impl Registry {
     /// Appends an event.
     pub fn event(&self, service: &str, component: &str, kind: &str, message: &str) -> Result<()> {
         insert_event(&self.conn(), service, component, kind, message)?;
-        crate::metrics::event(service, component, kind);
+        if let Some(hook) = self.on_event {
+            hook(service, component, kind);
+        }
         Ok(())
     }
 

@@ -2,8 +2,9 @@
 //! from the registry — the manual fallback when nothing else works. Pure:
 //! specs in, shell text out.
 
-use crate::podman::LABEL_HASH;
-use crate::spec::ContainerSpec;
+use crate::handle::Agent;
+use crate::outcome::OpError;
+use crate::runtime::spec::{ContainerSpec, LABEL_HASH};
 
 /// Quotes `s` for a POSIX shell (single quotes; bare when safe).
 pub fn quote(s: &str) -> String {
@@ -82,14 +83,14 @@ pub fn podman_run(spec: &ContainerSpec) -> Vec<String> {
     out
 }
 
-impl crate::ops::Agent {
+impl Agent {
     /// The commands that reproduce `service` from the registry, in start
     /// order; components recorded as stopped are created stopped.
-    pub fn render(&self, service: &str) -> Result<Vec<String>, crate::ops::OpError> {
+    pub fn render(&self, service: &str) -> Result<Vec<String>, OpError> {
         let rec = self
             .registry
             .service(service)?
-            .ok_or_else(|| crate::ops::OpError::NotFound(service.to_string()))?;
+            .ok_or_else(|| OpError::NotFound(service.to_string()))?;
         let mut out = vec![format!(
             "# {service} on {}: recorded {} component(s); run as the podman user (e.g. mcp)",
             self.name(),

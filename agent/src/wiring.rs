@@ -8,11 +8,11 @@ use std::path::PathBuf;
 
 use crate::config::AgentConfig;
 use mcp_model::service::{RouteMode, ServiceDef, check_hostname};
-use mcp_proto as proto;
 
-use crate::ops::{Agent, OpError};
+use crate::handle::Agent;
+use crate::outcome::OpError;
 use crate::proxy::{Mode, ProxyRoute};
-use crate::registry::ServiceRecord;
+use crate::registry::{EdgeRoute, ServiceRecord};
 
 /// Internal name of a service.
 pub fn internal_name(service: &str, zone: &str) -> String {
@@ -268,26 +268,21 @@ impl Agent {
         }
     }
 
-    /// Routes the proxy serves, with the address each listener binds.
-    pub async fn proxy_routes(&self) -> Result<Vec<proto::ProxyRouteInfo>, OpError> {
+    /// Routes the proxy serves, each with the address its listener binds
+    /// (empty when the listener map does not name it).
+    pub async fn proxy_routes(&self) -> Result<Vec<(String, ProxyRoute)>, OpError> {
         let Some(proxy) = &self.proxy else { return Ok(vec![]) };
         let routes = proxy.routes().await.map_err(|e| OpError::Invalid(e.to_string()))?;
         let binds = self.cfg.proxy.as_ref().map(|p| p.listeners.clone()).unwrap_or_default();
         Ok(routes
             .into_iter()
-            .map(|r| proto::ProxyRouteInfo {
-                listener: binds
+            .map(|r| {
+                let bind = binds
                     .iter()
                     .find(|l| l.port == r.listener_port)
                     .map(|l| l.bind.to_string())
-                    .unwrap_or_default(),
-                service: r.service,
-                listener_port: r.listener_port.into(),
-                hostname: r.hostname,
-                mode: r.mode.as_str().to_string(),
-                backend: r.backend,
-                backend_tls: r.backend_tls,
-                cert: r.cert.map(|p| p.display().to_string()).unwrap_or_default(),
+                    .unwrap_or_default();
+                (bind, r)
             })
             .collect())
     }
@@ -398,7 +393,8 @@ impl Agent {
 
     /// Edge nodes: serve `hostname` with a public certificate, proxying to
     /// the service's internal name over TLS.
-    pub async fn setup_edge_route(&self, r: proto::SetupEdgeRouteRequest) -> Result<proto::EdgeRouteResponse, OpError> {
+    /// Returns the serial and expiry (unix seconds) of the edge's certificate.
+    pub async fn setup_edge_route(&self, r: EdgeRoute) -> Result<(String, i64), OpError> {
         let Some(edge) = &self.cfg.edge else {
             return Err(OpError::Conflict(format!(
                 "node {} is not an edge node ([edge] is not configured)",
@@ -468,22 +464,19 @@ impl Agent {
         let pem = std::fs::read_to_string(&cert).unwrap_or_default();
         let (serial, expires) = mcp_infra::pki::serial_and_expiry(&pem).unwrap_or_default();
         tracing::info!(hostname = %r.hostname, backend = %r.backend_hostname, "edge route set up");
-        Ok(proto::EdgeRouteResponse {
-            cert_serial: serial,
-            cert_expires_at: expires,
-        })
+        Ok((serial, expires))
     }
 
     /// Edge nodes: stop serving `hostname`.
-    pub async fn remove_edge_route(&self, r: proto::RemoveEdgeRouteRequest) -> Result<(), OpError> {
-        let owner = edge_owner(&r.hostname);
+    pub async fn remove_edge_route(&self, hostname: &str) -> Result<(), OpError> {
+        let owner = edge_owner(hostname);
         if let Some(proxy) = &self.proxy {
             proxy
                 .remove_routes(&owner)
                 .await
                 .map_err(|e| OpError::Invalid(e.to_string()))?;
         }
-        self.registry.delete_edge(&r.hostname).map_err(OpError::Registry)?;
+        self.registry.delete_edge(hostname).map_err(OpError::Registry)?;
         self.remove_cert(&owner);
         Ok(())
     }

@@ -44,10 +44,16 @@ pub struct Backoff {
 
 impl Backoff {
     /// Backoff from `initial` doubling to `max`, ±20 % jitter.
-    pub fn new(initial: Duration, max: Duration) -> Self {
+    pub const fn new(initial: Duration, max: Duration) -> Self {
+        // `Ord::max` is not const; a max below initial means initial.
+        let max = if max.as_nanos() < initial.as_nanos() {
+            initial
+        } else {
+            max
+        };
         Backoff {
             initial,
-            max: max.max(initial),
+            max,
             jitter: 0.2,
         }
     }

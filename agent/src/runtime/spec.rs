@@ -9,7 +9,11 @@ use mcp_model::service::{self, ComponentDef, ServiceDef};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::podman::{LABEL_COMPONENT, LABEL_HASH, LABEL_NODE, LABEL_SERVICE};
+/// Label keys put on every container the agent creates.
+pub const LABEL_SERVICE: &str = "mcp.service";
+pub const LABEL_COMPONENT: &str = "mcp.component";
+pub const LABEL_NODE: &str = "mcp.node";
+pub const LABEL_HASH: &str = "mcp.spec-hash";
 
 /// Default restart policy when the definition sets none.
 pub const DEFAULT_RESTART: &str = "unless-stopped";

@@ -1,49 +1,35 @@
-//! gRPC edge of the agent: converts requests, calls [`Agent`] operations,
-//! converts results. Errors map to status codes in exactly one function.
+//! The agent's gRPC service: converts requests ([`super::convert`]), calls
+//! the [`Agent`]'s operations, converts results. Errors map to status
+//! codes in exactly one function.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use mcp_model::service::{self, ServiceDef};
+use mcp_model::service::ServiceDef;
 use mcp_proto::mcp_agent_service_server::McpAgentService;
 use mcp_proto::{self as proto, LogChunk};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use crate::ops::{Agent, OpError, Outcome, ServiceView};
-use crate::podman::PodmanError;
-use crate::registry::EventRecord;
+use super::convert::{self, response, service_info};
+use crate::boot::BootState;
+use crate::handle::Agent;
+use crate::monitor::MonitorState;
+use crate::outcome::{OpError, Outcome};
+use crate::runtime::RuntimeError;
 
 /// The agent's gRPC service.
 pub struct AgentService {
     agent: Arc<Agent>,
+    boot: Arc<BootState>,
+    monitor: Arc<MonitorState>,
 }
 
 impl AgentService {
-    /// Wraps the agent.
-    pub fn new(agent: Arc<Agent>) -> Self {
-        AgentService { agent }
-    }
-}
-
-fn response(outcome: Outcome, service: Option<proto::ServiceInfo>) -> proto::OperationResponse {
-    proto::OperationResponse {
-        steps: outcome
-            .steps
-            .into_iter()
-            .map(|s| proto::StepResult {
-                step: s.name.to_string(),
-                success: s.success,
-                error: s.error,
-                detail: s.detail,
-                skipped: s.skipped,
-                duration_ms: s.duration_ms,
-            })
-            .collect(),
-        service,
-        changed: outcome.changed,
-        warnings: outcome.warnings,
+    /// Serves `agent`, reporting the progress of its boot and monitor.
+    pub fn new(agent: Arc<Agent>, boot: Arc<BootState>, monitor: Arc<MonitorState>) -> Self {
+        AgentService { agent, boot, monitor }
     }
 }
 
@@ -72,60 +58,9 @@ fn status(e: OpError) -> Status {
             };
             with_steps(code, format!("{step} step failed: {error}"), outcome)
         }
-        OpError::Podman(p @ PodmanError::Unreachable { .. }) => Status::unavailable(p.to_string()),
-        OpError::Podman(p) => Status::internal(p.to_string()),
+        OpError::Runtime(p @ RuntimeError::Unreachable { .. }) => Status::unavailable(p.to_string()),
+        OpError::Runtime(p) => Status::internal(p.to_string()),
         OpError::Registry(r) => Status::internal(r.to_string()),
-    }
-}
-
-fn service_info(view: &ServiceView, node: &str) -> proto::ServiceInfo {
-    let rec = &view.record;
-    proto::ServiceInfo {
-        name: rec.def.name.clone(),
-        active: rec.def.active,
-        node: node.to_string(),
-        updated_at: rec.updated_at,
-        components: rec
-            .components
-            .iter()
-            .map(|c| {
-                let o = view.observed.get(&c.spec.name);
-                proto::ComponentInfo {
-                    name: c.name.clone(),
-                    container: c.spec.name.clone(),
-                    image: c.spec.image.clone(),
-                    desired_state: c.desired.as_str().to_string(),
-                    observed_state: o.map(|o| o.state.clone()).unwrap_or_else(|| "missing".into()),
-                    started_at: o.filter(|o| o.running()).map(|o| o.started_at).unwrap_or(0),
-                    version: service::image_version(&c.spec.image),
-                    container_id: o.map(|o| o.id.clone()).unwrap_or_default(),
-                    restart_count: o.map(|o| o.restart_count).unwrap_or(0),
-                }
-            })
-            .collect(),
-        routes: rec
-            .routes
-            .iter()
-            .map(|r| proto::RouteInfo {
-                component: r.component.clone(),
-                name: r.name.clone(),
-                port: r.port.into(),
-                mode: r.mode.clone(),
-                hostname: r.hostname.clone(),
-                public: r.public,
-                host_port: r.host_port.into(),
-            })
-            .collect(),
-    }
-}
-
-fn event(e: EventRecord) -> proto::Event {
-    proto::Event {
-        time: e.time,
-        service: e.service,
-        component: e.component,
-        kind: e.kind,
-        message: e.message,
     }
 }
 
@@ -176,7 +111,12 @@ impl McpAgentService for AgentService {
         let only = component(&r.component).map(str::to_string);
         tracing::info!(service = %def.name, component = ?only, %caller, request_id = %r.request_id, "deploy");
         let d = def.clone();
-        let mut outcome = self.detached(|a| async move { a.deploy(d, only).await }).await?;
+        let deploy = |a: Arc<Agent>| async move {
+            let result = a.deploy(d, only).await;
+            crate::metrics::deploy_finished(&result);
+            result
+        };
+        let mut outcome = self.detached(deploy).await?;
         let info = match outcome.view.take() {
             Some(view) => Some(service_info(&view, self.agent.name())),
             None => self.current(&def.name).await,
@@ -262,7 +202,7 @@ impl McpAgentService for AgentService {
         let (view, events) = self.agent.status(&name).await.map_err(status)?;
         Ok(Response::new(proto::ServiceStatus {
             service: Some(service_info(&view, self.agent.name())),
-            events: events.into_iter().map(event).collect(),
+            events: events.into_iter().map(convert::event).collect(),
         }))
     }
 
@@ -283,8 +223,8 @@ impl McpAgentService for AgentService {
     ) -> Result<Response<proto::NodeStatusResponse>, Status> {
         use crate::node;
         let a = &self.agent;
-        let podman_version = a.podman_version.clone();
-        let (containers, running) = a.podman.count().await.unwrap_or((0, 0));
+        let podman_version = a.runtime_version.clone();
+        let (containers, running) = a.runtime.count().await.unwrap_or((0, 0));
         let services = a.registry.services().map(|s| s.len()).unwrap_or(0);
         let (mem_total, mem_avail) = node::memory();
         let (disk_total, disk_avail) = node::disk(&a.cfg.agent.data_dir);
@@ -310,41 +250,15 @@ impl McpAgentService for AgentService {
             cgroup_version: cgroup,
             limits_enforced: cgroup >= 2,
             address: a.cfg.agent.address.clone(),
-            boot: a
-                .boot
-                .stages()
-                .into_iter()
-                .map(|s| proto::BootStageStatus {
-                    name: s.name,
-                    state: s.state,
-                    detail: s.detail,
-                    services: s.services,
-                })
-                .collect(),
-            monitor_last_run: a.monitor.summary().0,
-            drifted: a.monitor.summary().1,
+            boot: self.boot.stages().into_iter().map(convert::boot_stage).collect(),
+            monitor_last_run: self.monitor.summary().0,
+            drifted: self.monitor.summary().1,
         }))
     }
 
     async fn recover(&self, _req: Request<proto::RecoverRequest>) -> Result<Response<proto::RecoverResponse>, Status> {
-        let report = crate::boot::recover(&self.agent).await.map_err(status)?;
-        Ok(Response::new(proto::RecoverResponse {
-            node: self.agent.name().to_string(),
-            services: report
-                .services
-                .into_iter()
-                .map(|r| proto::RecoveredService {
-                    service: r.service,
-                    stage: r.stage,
-                    success: r.success,
-                    detail: r.detail,
-                    duration_ms: r.duration_ms,
-                })
-                .collect(),
-            duration_ms: report.duration.as_millis() as u64,
-            created: report.revived.created,
-            started: report.revived.started,
-        }))
+        let report = crate::boot::recover(&self.agent, &self.boot).await.map_err(status)?;
+        Ok(Response::new(convert::recovered(self.agent.name(), report)))
     }
 
     async fn render_service(
@@ -399,7 +313,7 @@ impl McpAgentService for AgentService {
                 let name = c.name.clone();
                 let s = self
                     .agent
-                    .podman
+                    .runtime
                     .logs(&c.spec.name, r.follow, r.tail)
                     .map(move |item| match item {
                         Ok((stderr, data)) => Ok(LogChunk {
@@ -422,7 +336,7 @@ impl McpAgentService for AgentService {
         let routes = self.agent.proxy_routes().await.map_err(status)?;
         Ok(Response::new(proto::ListProxyRoutesResponse {
             node: self.agent.name().to_string(),
-            routes,
+            routes: routes.into_iter().map(convert::proxy_route).collect(),
             backend: self.agent.proxy_kind().to_string(),
         }))
     }
@@ -434,8 +348,14 @@ impl McpAgentService for AgentService {
         let caller = self.caller(&req);
         let r = req.into_inner();
         tracing::info!(hostname = %r.hostname, backend = %r.backend_hostname, %caller, "setup edge route");
-        let resp = self.detached(|a| async move { a.setup_edge_route(r).await }).await?;
-        Ok(Response::new(resp))
+        let route = convert::edge_route(r);
+        let (cert_serial, cert_expires_at) = self
+            .detached(|a| async move { a.setup_edge_route(route).await })
+            .await?;
+        Ok(Response::new(proto::EdgeRouteResponse {
+            cert_serial,
+            cert_expires_at,
+        }))
     }
 
     async fn remove_edge_route(
@@ -445,7 +365,8 @@ impl McpAgentService for AgentService {
         let caller = self.caller(&req);
         let r = req.into_inner();
         tracing::info!(hostname = %r.hostname, %caller, "remove edge route");
-        self.detached(|a| async move { a.remove_edge_route(r).await }).await?;
+        self.detached(|a| async move { a.remove_edge_route(&r.hostname).await })
+            .await?;
         Ok(Response::new(proto::EdgeRouteResponse::default()))
     }
 
@@ -459,7 +380,8 @@ impl McpAgentService for AgentService {
         let r = req.into_inner();
         tracing::info!(service = %r.service, %caller, request_id = %r.request_id, "export data");
         let rx = self.agent.export_data(&r.service).await.map_err(status)?;
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| item.map_err(status));
+        let stream =
+            tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| item.map(convert::data_chunk).map_err(status));
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -490,6 +412,7 @@ impl McpAgentService for AgentService {
             Ok(_) => Err("a second header in the stream".to_string()),
             Err(e) => Err(e.message().to_string()),
         });
+        let header = convert::import_header(header).map_err(Status::invalid_argument)?;
         let done = self.agent.import_data(header, chunks).await.map_err(status)?;
         Ok(Response::new(proto::ImportServiceDataResponse {
             bytes: done.bytes,

@@ -1,4 +1,5 @@
-//! Service data export and import (SPEC §11).
+//! The snapshot archive: a service's data directory as one tar.zst
+//! stream, written and verified-then-swapped in (SPEC §11).
 //!
 //! A service's **data directory** is the set of host-side sources of its
 //! components' volumes (resolved under `agent.volumes_root` when set).
@@ -21,83 +22,20 @@
 use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
-use futures::{Stream, StreamExt};
-use mcp_model::service::{self, ServiceDef};
-use mcp_model::snapshot::{Method, glob_matches};
-use mcp_proto as proto;
+use mcp_model::snapshot::glob_matches;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::ops::{Agent, OpError};
+use crate::volumes::Volume;
 
 /// Size of the chunks an export sends.
 pub const CHUNK: usize = 256 * 1024;
 /// Chunks in flight between the archiver and the gRPC stream.
-const IN_FLIGHT: usize = 4;
+pub const IN_FLIGHT: usize = 4;
 /// zstd level: fast, still a good ratio for databases and text.
 const ZSTD_LEVEL: i32 = 3;
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
-
-/// One volume source of a service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Volume {
-    /// Source as written, without the leading `/` (`srv/web`): the archive
-    /// name of its root.
-    pub rel: String,
-    /// Where it is on this host.
-    pub host: PathBuf,
-}
-
-/// Resolves a definition's volume source on this host.
-pub fn host_source(source: &str, root: Option<&Path>) -> PathBuf {
-    match root {
-        Some(r) => r.join(source.trim_start_matches('/')),
-        None => PathBuf::from(source),
-    }
-}
-
-/// A volume string (`src:dst[:opts]`) with its source resolved on this host.
-pub fn host_volume(vol: &str, root: Option<&Path>) -> String {
-    match (root, vol.split_once(':')) {
-        (Some(_), Some((src, rest))) => format!("{}:{rest}", host_source(src, root).display()),
-        _ => vol.to_string(),
-    }
-}
-
-/// The service's data directory: the distinct volume sources of all its
-/// components, a source inside another one counted once (with the outer).
-pub fn volumes(def: &ServiceDef, root: Option<&Path>) -> Vec<Volume> {
-    let mut rels: Vec<String> = def
-        .components
-        .iter()
-        .flat_map(|c| c.volumes.iter())
-        .filter_map(|v| v.split(':').next())
-        .map(|s| {
-            Path::new(s)
-                .components()
-                .filter_map(|c| match c {
-                    Component::Normal(n) => n.to_str(),
-                    _ => None,
-                })
-                .collect::<Vec<_>>()
-                .join("/")
-        })
-        .filter(|s| !s.is_empty())
-        .collect();
-    rels.sort();
-    rels.dedup();
-    let nested = |r: &String, all: &[String]| all.iter().any(|o| o != r && r.starts_with(&format!("{o}/")));
-    let outer: Vec<String> = rels.iter().filter(|r| !nested(r, &rels)).cloned().collect();
-    outer
-        .into_iter()
-        .map(|rel| Volume {
-            host: host_source(&format!("/{rel}"), root),
-            rel,
-        })
-        .collect()
-}
 
 fn is_sqlite(path: &Path) -> bool {
     let mut magic = [0u8; 16];
@@ -454,7 +392,7 @@ pub struct Imported {
 
 /// Unpacks the archive read from `rx` into staging directories next to
 /// `vols`, verifies size and SHA-256, then swaps them in. Blocking.
-fn extract(vols: &[Volume], rx: mpsc::Receiver<Vec<u8>>, sha256: &str, size: u64) -> Result<Imported, ImportError> {
+pub fn extract(vols: &[Volume], rx: mpsc::Receiver<Vec<u8>>, sha256: &str, size: u64) -> Result<Imported, ImportError> {
     let mut reader = ChannelReader {
         rx,
         cur: Vec::new(),
@@ -607,234 +545,10 @@ fn unpack(vols: &[Volume], reader: &mut ChannelReader, staging: &mut Staging) ->
     Ok(entries)
 }
 
-// ---------------------------------------------------------------- the agent
-
-impl Agent {
-    /// The service's volumes on this host.
-    pub fn data_volumes(&self, def: &ServiceDef) -> Vec<Volume> {
-        volumes(def, self.cfg.agent.volumes_root.as_deref())
-    }
-
-    /// Streams the service's data as tar.zst chunks; the last item has
-    /// `done`, the SHA-256 and the size.
-    pub async fn export_data(&self, name: &str) -> Result<mpsc::Receiver<Result<proto::DataChunk, OpError>>, OpError> {
-        let rec = self
-            .registry
-            .service(name)?
-            .ok_or_else(|| OpError::NotFound(name.to_string()))?;
-        let def = rec.def.clone();
-        let vols = self.data_volumes(&def);
-        if vols.is_empty() {
-            return Err(OpError::Invalid(format!(
-                "service {name} has no volumes: it has no data to export"
-            )));
-        }
-        let snap = def.snapshot.clone().unwrap_or_default();
-        let mut notes = Vec::new();
-        if let Method::Exec(cmd) = snap.method() {
-            let comp = snap.component.clone().unwrap_or_else(|| def.components[0].name.clone());
-            let container = def.container_name(&comp);
-            let running = self.podman.inspect(&container).await?.is_some_and(|o| o.running());
-            if running {
-                let (code, output) = self.podman.exec(&container, &cmd).await?;
-                if code != 0 {
-                    return Err(OpError::Conflict(format!(
-                        "snapshot command in {container} exited with {code}: {output}"
-                    )));
-                }
-                tracing::info!(service = name, %container, "snapshot command ran");
-            } else {
-                // A stopped service's files are at rest: archive them as they are.
-                notes.push(format!("{container} is not running: snapshot command skipped"));
-            }
-        }
-        let tmp = self.cfg.agent.data_dir.join("tmp");
-        std::fs::create_dir_all(&tmp).map_err(|e| OpError::Invalid(format!("{}: {e}", tmp.display())))?;
-        let (data_tx, mut data_rx) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
-        let (out_tx, out_rx) = mpsc::channel(IN_FLIGHT);
-        let started = Instant::now();
-        let service = name.to_string();
-        let task =
-            tokio::task::spawn_blocking(move || write_archive(&vols, &snap.exclude, &tmp, ChunkSender::new(data_tx)));
-        tokio::spawn(async move {
-            while let Some(data) = data_rx.recv().await {
-                let chunk = proto::DataChunk {
-                    data,
-                    ..Default::default()
-                };
-                if out_tx.send(Ok(chunk)).await.is_err() {
-                    // The caller went away; the archiver stops on its next send.
-                    return;
-                }
-            }
-            let last = match task.await {
-                Ok(Ok(mut a)) => {
-                    notes.append(&mut a.warnings);
-                    a.warnings = notes;
-                    tracing::info!(%service, bytes = a.size, entries = a.entries, ms = started.elapsed().as_millis() as u64, "data exported");
-                    Ok(proto::DataChunk {
-                        data: Vec::new(),
-                        done: true,
-                        sha256: a.sha256,
-                        size: a.size,
-                        warnings: a.warnings,
-                    })
-                }
-                Ok(Err(e)) => Err(OpError::Conflict(format!("export of {service} failed: {e}"))),
-                Err(e) => Err(OpError::Conflict(format!("export of {service} failed: {e}"))),
-            };
-            let _ = out_tx.send(last).await;
-        });
-        Ok(out_rx)
-    }
-
-    /// Imports an archive into the volumes of `header.service`, verified
-    /// end to end before anything on the node changes.
-    pub async fn import_data<S>(&self, header: proto::ImportHeader, mut chunks: S) -> Result<Imported, OpError>
-    where
-        S: Stream<Item = Result<Vec<u8>, String>> + Unpin,
-    {
-        let spec = header
-            .service
-            .as_ref()
-            .ok_or_else(|| OpError::Invalid("import header has no service definition".into()))?;
-        let def = ServiceDef::from(spec);
-        service::check("import request", &def).map_err(|e| OpError::Invalid(e.to_string()))?;
-        if header.sha256.len() != 64 || !header.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(OpError::Invalid(format!(
-                "import header: sha256 {:?} is not a hex SHA-256",
-                header.sha256
-            )));
-        }
-        let vols = self.data_volumes(&def);
-        if vols.is_empty() {
-            return Err(OpError::Invalid(format!(
-                "service {} has no volumes: there is nowhere to import data to",
-                def.name
-            )));
-        }
-        let _guard = self.lock(&def.name).await;
-        // Never swap data under a running container.
-        if let Some(rec) = self.registry.service(&def.name)? {
-            for c in &rec.components {
-                if self.podman.inspect(&c.spec.name).await?.is_some_and(|o| o.running()) {
-                    return Err(OpError::Conflict(format!(
-                        "service {} is running on this node ({}); stop it before importing data",
-                        def.name, c.spec.name
-                    )));
-                }
-            }
-        }
-        if !header.force {
-            for v in &vols {
-                let has_data = match std::fs::symlink_metadata(&v.host) {
-                    Ok(m) if m.is_dir() => std::fs::read_dir(&v.host)
-                        .map(|mut d| d.next().is_some())
-                        .unwrap_or(true),
-                    Ok(_) => true,
-                    Err(_) => false,
-                };
-                if has_data {
-                    return Err(OpError::Conflict(format!(
-                        "{} already holds data; import with force to replace it",
-                        v.host.display()
-                    )));
-                }
-            }
-        }
-        let (tx, rx) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
-        let (sha, size) = (header.sha256.to_ascii_lowercase(), header.size);
-        let task = tokio::task::spawn_blocking(move || extract(&vols, rx, &sha, size));
-        let mut broken = None;
-        while let Some(item) = chunks.next().await {
-            match item {
-                Ok(data) => {
-                    if tx.send(data).await.is_err() {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    broken = Some(e);
-                    break;
-                }
-            }
-        }
-        drop(tx);
-        let result = task
-            .await
-            .map_err(|e| OpError::Conflict(format!("import task failed: {e}")))?;
-        match result {
-            Ok(done) => {
-                let _ = self.registry.event(
-                    &def.name,
-                    "",
-                    "imported",
-                    &format!(
-                        "{} bytes, {} entries into {}",
-                        done.bytes,
-                        done.entries,
-                        done.volumes.join(", ")
-                    ),
-                );
-                tracing::info!(service = %def.name, bytes = done.bytes, entries = done.entries, "data imported");
-                Ok(done)
-            }
-            Err(ImportError::Corrupt(m)) => {
-                let m = match broken {
-                    Some(b) => format!("{m} (the stream broke: {b})"),
-                    None => m,
-                };
-                Err(OpError::Corrupt(m))
-            }
-            Err(ImportError::Refused(m)) => Err(OpError::Invalid(format!("{m}; nothing was changed"))),
-            Err(ImportError::Io(m)) => Err(OpError::Conflict(format!("import failed: {m}"))),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn def(vols: &[&str]) -> ServiceDef {
-        let mut d = mcp_model::service::parse(
-            "t",
-            "name = \"db\"\n[[components]]\nname = \"db\"\nimage = \"r/x:v1\"\n",
-        )
-        .unwrap();
-        d.components[0].volumes = vols.iter().map(|s| s.to_string()).collect();
-        d
-    }
-
-    #[test]
-    fn volumes_are_deduplicated_and_rooted() {
-        let d = def(&[
-            "/srv/db:/data",
-            "/srv/db/sub:/sub:ro",
-            "/etc/db.conf:/etc/db.conf:ro",
-            "/srv/db:/again",
-        ]);
-        let v = volumes(&d, Some(Path::new("/r")));
-        assert_eq!(
-            v,
-            vec![
-                Volume {
-                    rel: "etc/db.conf".into(),
-                    host: "/r/etc/db.conf".into()
-                },
-                Volume {
-                    rel: "srv/db".into(),
-                    host: "/r/srv/db".into()
-                },
-            ]
-        );
-        assert_eq!(volumes(&d, None)[1].host, PathBuf::from("/srv/db"));
-        assert_eq!(
-            host_volume("/srv/db:/data:ro", Some(Path::new("/r"))),
-            "/r/srv/db:/data:ro"
-        );
-        assert_eq!(host_volume("/srv/db:/data", None), "/srv/db:/data");
-    }
+    use crate::volumes::Volume;
 
     fn export(vols: &[Volume], exclude: &[String], tmp: &Path) -> (Vec<u8>, Archived) {
         let mut out = Vec::new();

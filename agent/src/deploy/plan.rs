@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::spec::ContainerSpec;
+use crate::runtime::spec::ContainerSpec;
 
 /// What podman reports of a container, reduced to what planning needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
