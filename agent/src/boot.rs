@@ -137,12 +137,7 @@ pub async fn run(
     let recorded: Vec<String> = match agent.registry.services() {
         Ok(s) => s
             .into_iter()
-            .filter(|r| {
-                r.def.active
-                    && r.components
-                        .iter()
-                        .any(|c| c.desired == crate::registry::Desired::Running)
-            })
+            .filter(|r| r.def.active && r.wants_running())
             .map(|r| r.def.name)
             .collect(),
         Err(e) => {

@@ -23,13 +23,17 @@ pub struct Revived {
 }
 
 impl Agent {
+    /// The registry's record of `name`, or NotFound.
+    pub(crate) fn recorded(&self, name: &str) -> Result<ServiceRecord, OpError> {
+        self.registry
+            .service(name)?
+            .ok_or_else(|| OpError::NotFound(name.to_string()))
+    }
+
     /// Stops a service (or one component): DNS, routes, then containers.
     pub async fn stop(&self, name: &str, only: Option<&str>) -> Result<Outcome, OpError> {
         let _guard = self.lock(name).await;
-        let rec = self
-            .registry
-            .service(name)?
-            .ok_or_else(|| OpError::NotFound(name.to_string()))?;
+        let rec = self.recorded(name)?;
         let targets = select(&rec, only)?;
         let mut out = Outcome::default();
         self.unwire(&mut out, name, only.is_none()).await;
@@ -43,14 +47,8 @@ impl Agent {
             stopped.push(c.spec.name.clone());
         }
         out.ok(step::CONTAINERS, t, format!("stopped {}", stopped.join(", ")));
-        let t = Instant::now();
-        let names: Vec<String> = targets.iter().map(|c| c.name.clone()).collect();
-        let scope = only.map(|o| format!(" component {o}")).unwrap_or_default();
-        self.registry
-            .set_desired(name, &names, Desired::Stopped, ("stopped", &format!("stopped{scope}")))?;
-        self.refresh_observed(&rec).await;
-        out.ok(step::REGISTRY, t, "desired state: stopped");
-        out.changed = true;
+        self.record_desired(&rec, &targets, only, Desired::Stopped, &mut out)
+            .await?;
         Ok(out)
     }
 
@@ -58,10 +56,7 @@ impl Agent {
     /// that are gone are recreated from their recorded spec.
     pub async fn start(&self, name: &str, only: Option<&str>) -> Result<Outcome, OpError> {
         let _guard = self.lock(name).await;
-        let rec = self
-            .registry
-            .service(name)?
-            .ok_or_else(|| OpError::NotFound(name.to_string()))?;
+        let rec = self.recorded(name)?;
         if !rec.def.active {
             return Err(OpError::Conflict(format!(
                 "service {name} is inactive (active = false); deploy it with active = true"
@@ -70,15 +65,35 @@ impl Agent {
         let targets = select(&rec, only)?;
         let mut out = Outcome::default();
         self.bring_up(&rec, &targets, &mut out).await?;
+        self.record_desired(&rec, &targets, only, Desired::Running, &mut out)
+            .await?;
+        Ok(out)
+    }
+
+    /// The last step of stop and start: the new desired state of `targets`
+    /// in the registry (with an event), and what the runtime reports now.
+    async fn record_desired(
+        &self,
+        rec: &ServiceRecord,
+        targets: &[&ComponentRecord],
+        only: Option<&str>,
+        desired: Desired,
+        out: &mut Outcome,
+    ) -> Result<(), OpError> {
         let t = Instant::now();
+        let kind = if desired == Desired::Running {
+            "started"
+        } else {
+            "stopped"
+        };
         let names: Vec<String> = targets.iter().map(|c| c.name.clone()).collect();
         let scope = only.map(|o| format!(" component {o}")).unwrap_or_default();
         self.registry
-            .set_desired(name, &names, Desired::Running, ("started", &format!("started{scope}")))?;
-        self.refresh_observed(&rec).await;
-        out.ok(step::REGISTRY, t, "desired state: running");
+            .set_desired(&rec.def.name, &names, desired, (kind, &format!("{kind}{scope}")))?;
+        self.refresh_observed(rec).await;
+        out.ok(step::REGISTRY, t, format!("desired state: {}", desired.as_str()));
         out.changed = true;
-        Ok(out)
+        Ok(())
     }
 
     /// Brings `targets` to their recorded spec and running, without
@@ -158,10 +173,7 @@ impl Agent {
     /// states are not changed: a stopped service stays stopped.
     pub async fn revive(&self, name: &str, only: Option<&str>, kind: &str) -> Result<(Outcome, Revived), OpError> {
         let _guard = self.lock(name).await;
-        let rec = self
-            .registry
-            .service(name)?
-            .ok_or_else(|| OpError::NotFound(name.to_string()))?;
+        let rec = self.recorded(name)?;
         let targets: Vec<&ComponentRecord> = select(&rec, only)?
             .into_iter()
             .filter(|c| c.desired == Desired::Running)
@@ -212,10 +224,7 @@ impl Agent {
     /// Full teardown: DNS, routes, containers, certificates, ports and rows.
     pub async fn undeploy(&self, name: &str) -> Result<Outcome, OpError> {
         let _guard = self.lock(name).await;
-        let rec = self
-            .registry
-            .service(name)?
-            .ok_or_else(|| OpError::NotFound(name.to_string()))?;
+        let rec = self.recorded(name)?;
         let mut out = Outcome::default();
         self.unwire(&mut out, name, true).await;
         let t = Instant::now();

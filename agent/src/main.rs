@@ -1,6 +1,6 @@
 //! `mcp-agent`: the node agent daemon.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -176,13 +176,7 @@ fn init(config: &Path, a: InitArgs) -> Result<()> {
     let ca = Ca::load_or_create(&ca_dir, "mcp")?;
     let cert = tls_dir.join("agent.pem");
     let key = tls_dir.join("agent.key");
-    let mut ips: Vec<IpAddr> = vec!["127.0.0.1".parse()?, "::1".parse()?];
-    let mut dns = vec![a.name.clone(), "localhost".to_string()];
-    match a.address.parse::<IpAddr>() {
-        Ok(ip) if !ips.contains(&ip) => ips.push(ip),
-        Ok(_) => {}
-        Err(_) => dns.push(a.address.clone()),
-    }
+    let (dns, ips) = node_names(&a.name, &a.address);
     ca.issue(&LeafRequest {
         identity: Some(Identity::Agent(a.name.clone())),
         dns_names: dns,
@@ -197,39 +191,20 @@ fn init(config: &Path, a: InitArgs) -> Result<()> {
             config.display()
         );
     } else {
-        let cfg = AgentConfig {
-            agent: AgentSection {
-                name: a.name.clone(),
-                listen,
-                address: a.address.clone(),
-                data_dir: a.data_dir.clone(),
-                volumes_root: None,
-            },
-            tls: TlsFiles {
-                cert,
-                key,
-                ca: Ca::cert_path(&ca_dir),
-            },
-            podman: PodmanSection {
-                socket: a.podman_socket.clone(),
-                ..Default::default()
-            },
-            ports: PortsSection {
-                min: a.port_min,
-                max: a.port_max,
-            },
-            log: LogSection::default(),
-            master: None,
-            mcias: None,
-            network: Default::default(),
-            proxy: None,
-            edge: None,
-            mcns: None,
-            monitor: Default::default(),
-            boot: Default::default(),
-            metacrypt: None,
-            metrics: None,
+        let tls = TlsFiles {
+            cert,
+            key,
+            ca: Ca::cert_path(&ca_dir),
         };
+        let node = NodeArgs {
+            name: a.name.clone(),
+            listen,
+            address: a.address.clone(),
+            data_dir: a.data_dir.clone(),
+            podman_socket: a.podman_socket.clone(),
+            ports: (a.port_min, a.port_max),
+        };
+        let cfg = node_config(node, tls, None);
         let text = toml::to_string_pretty(&cfg)?;
         mcp_infra::fsutil::write_atomic(config, text.as_bytes(), 0o600)?;
         println!("wrote {}", config.display());
@@ -251,15 +226,7 @@ fn join(config: &Path, a: JoinArgs) -> Result<()> {
         );
     }
     let listen: std::net::SocketAddr = a.listen.parse().with_context(|| format!("--listen {:?}", a.listen))?;
-    let (mut dns, mut ips): (Vec<String>, Vec<IpAddr>) = (
-        vec![token.node.clone(), "localhost".into()],
-        vec!["127.0.0.1".parse()?, "::1".parse()?],
-    );
-    match a.address.parse::<IpAddr>() {
-        Ok(ip) if !ips.contains(&ip) => ips.push(ip),
-        Ok(_) => {}
-        Err(_) => dns.push(a.address.clone()),
-    }
+    let (dns, ips) = node_names(&token.node, &a.address);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let joined = rt.block_on(mcp_agent::link::join(&a.master, &token, dns, ips))?;
     mcp_infra::fsutil::private_dir(&a.data_dir)?;
@@ -274,29 +241,69 @@ fn join(config: &Path, a: JoinArgs) -> Result<()> {
     }
     .write(&tls.cert, &tls.key)?;
     mcp_infra::fsutil::write_atomic(&tls.ca, joined.ca_pem.as_bytes(), 0o644)?;
-    let cfg = AgentConfig {
+    let node = NodeArgs {
+        name: token.node.clone(),
+        listen,
+        address: a.address,
+        data_dir: a.data_dir,
+        podman_socket: a.podman_socket,
+        ports: (a.port_min, a.port_max),
+    };
+    let master = mcp_agent::config::AgentMasterSection {
+        address: a.master,
+        role: a.role,
+        advertise: a.advertise,
+    };
+    let cfg = node_config(node, tls, Some(master));
+    mcp_infra::fsutil::write_atomic(config, toml::to_string_pretty(&cfg)?.as_bytes(), 0o600)?;
+    println!("joined the fleet as agent-{}; wrote {}", token.node, config.display());
+    Ok(())
+}
+
+/// The names an agent certificate carries: the node's name, localhost and
+/// loopback, and its address (as a name or an IP).
+fn node_names(name: &str, address: &str) -> (Vec<String>, Vec<IpAddr>) {
+    let mut dns = vec![name.to_string(), "localhost".to_string()];
+    let mut ips: Vec<IpAddr> = vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()];
+    match address.parse::<IpAddr>() {
+        Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+        Ok(_) => {}
+        Err(_) => dns.push(address.to_string()),
+    }
+    (dns, ips)
+}
+
+/// What `init` and `join` know of the node they configure.
+struct NodeArgs {
+    name: String,
+    listen: std::net::SocketAddr,
+    address: String,
+    data_dir: PathBuf,
+    podman_socket: Option<PathBuf>,
+    ports: (u16, u16),
+}
+
+/// A new node's configuration: every section not given at its default.
+fn node_config(node: NodeArgs, tls: TlsFiles, master: Option<mcp_agent::config::AgentMasterSection>) -> AgentConfig {
+    AgentConfig {
         agent: AgentSection {
-            name: token.node.clone(),
-            listen,
-            address: a.address,
-            data_dir: a.data_dir,
+            name: node.name,
+            listen: node.listen,
+            address: node.address,
+            data_dir: node.data_dir,
             volumes_root: None,
         },
         tls,
         podman: PodmanSection {
-            socket: a.podman_socket,
+            socket: node.podman_socket,
             ..Default::default()
         },
         ports: PortsSection {
-            min: a.port_min,
-            max: a.port_max,
+            min: node.ports.0,
+            max: node.ports.1,
         },
         log: LogSection::default(),
-        master: Some(mcp_agent::config::AgentMasterSection {
-            address: a.master,
-            role: a.role,
-            advertise: a.advertise,
-        }),
+        master,
         mcias: None,
         network: Default::default(),
         proxy: None,
@@ -306,10 +313,7 @@ fn join(config: &Path, a: JoinArgs) -> Result<()> {
         boot: Default::default(),
         metacrypt: None,
         metrics: None,
-    };
-    mcp_infra::fsutil::write_atomic(config, toml::to_string_pretty(&cfg)?.as_bytes(), 0o600)?;
-    println!("joined the fleet as agent-{}; wrote {}", token.node, config.display());
-    Ok(())
+    }
 }
 
 fn run(config: &Path) -> Result<()> {

@@ -357,7 +357,7 @@ pub async fn pass(agent: &Arc<Agent>, state: &MonitorState) {
 /// them (an mc-proxy restart, an operator's mistake).
 async fn ensure_routes(agent: &Agent, rec: &crate::registry::ServiceRecord) {
     let Some(proxy) = &agent.proxy else { return };
-    if rec.routes.is_empty() || !rec.components.iter().any(|c| c.desired == Desired::Running) {
+    if rec.routes.is_empty() || !rec.wants_running() {
         return;
     }
     let want = crate::wiring::routes_for(rec, &agent.cfg);

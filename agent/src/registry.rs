@@ -132,6 +132,11 @@ pub struct ServiceRecord {
 }
 
 impl ServiceRecord {
+    /// Whether any component should run.
+    pub fn wants_running(&self) -> bool {
+        self.components.iter().any(|c| c.desired == Desired::Running)
+    }
+
     /// The recorded component called `name`.
     pub fn component(&self, name: &str) -> Option<&ComponentRecord> {
         self.components.iter().find(|c| c.name == name)

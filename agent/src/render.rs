@@ -87,10 +87,7 @@ impl Agent {
     /// The commands that reproduce `service` from the registry, in start
     /// order; components recorded as stopped are created stopped.
     pub fn render(&self, service: &str) -> Result<Vec<String>, OpError> {
-        let rec = self
-            .registry
-            .service(service)?
-            .ok_or_else(|| OpError::NotFound(service.to_string()))?;
+        let rec = self.recorded(service)?;
         let mut out = vec![format!(
             "# {service} on {}: recorded {} component(s); run as the podman user (e.g. mcp)",
             self.name(),

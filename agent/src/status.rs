@@ -32,10 +32,7 @@ impl Agent {
 
     /// One service with what the runtime reports now, and its recent events.
     pub async fn status(&self, name: &str) -> Result<(ServiceView, Vec<EventRecord>), OpError> {
-        let record = self
-            .registry
-            .service(name)?
-            .ok_or_else(|| OpError::NotFound(name.to_string()))?;
+        let record = self.recorded(name)?;
         let mut observed = HashMap::new();
         for c in &record.components {
             if let Some(o) = self.runtime.inspect(&c.spec.name).await? {

@@ -298,10 +298,7 @@ impl Agent {
             }
         };
         for rec in services {
-            let running = rec
-                .components
-                .iter()
-                .any(|c| c.desired == crate::registry::Desired::Running);
+            let running = rec.wants_running();
             if !running || rec.routes.is_empty() {
                 continue;
             }
@@ -344,10 +341,7 @@ impl Agent {
     /// (deferred ones, or lost ones), then certificate renewals.
     pub async fn upkeep(&self) {
         for rec in self.registry.services().unwrap_or_default() {
-            let running = rec
-                .components
-                .iter()
-                .any(|c| c.desired == crate::registry::Desired::Running);
+            let running = rec.wants_running();
             if running
                 && !rec.routes.is_empty()
                 && let Err(e) = self.register_dns(&rec.def.name).await
@@ -363,10 +357,7 @@ impl Agent {
     pub async fn renew_certs(&self) {
         let services = self.registry.services().unwrap_or_default();
         for rec in services {
-            let running = rec
-                .components
-                .iter()
-                .any(|c| c.desired == crate::registry::Desired::Running);
+            let running = rec.wants_running();
             if !running || !needs_cert(&rec.def) {
                 continue;
             }

@@ -92,8 +92,50 @@ impl AgentService {
         }
     }
 
+    /// Stop, start or restart a service (or one component).
+    async fn change_state(
+        &self,
+        req: Request<proto::ServiceRequest>,
+        change: StateChange,
+    ) -> Result<Response<proto::OperationResponse>, Status> {
+        let caller = self.caller(&req);
+        let r = req.into_inner();
+        let op = change.name();
+        tracing::info!(service = %r.name, %caller, request_id = %r.request_id, "{op}");
+        let (name, comp) = (r.name.clone(), r.component.clone());
+        let outcome = self
+            .detached(move |a| async move {
+                let only = component(&comp);
+                match change {
+                    StateChange::Stop => a.stop(&name, only).await,
+                    StateChange::Start => a.start(&name, only).await,
+                    StateChange::Restart => a.restart(&name, only).await,
+                }
+            })
+            .await?;
+        Ok(Response::new(response(outcome, self.current(&r.name).await)))
+    }
+
     fn caller<T>(&self, req: &Request<T>) -> String {
         mcp_infra::tls::caller(req).map(|i| i.to_string()).unwrap_or_default()
+    }
+}
+
+/// The state changes of a deployed service.
+#[derive(Debug, Clone, Copy)]
+enum StateChange {
+    Stop,
+    Start,
+    Restart,
+}
+
+impl StateChange {
+    fn name(self) -> &'static str {
+        match self {
+            StateChange::Stop => "stop",
+            StateChange::Start => "start",
+            StateChange::Restart => "restart",
+        }
     }
 }
 
@@ -128,42 +170,21 @@ impl McpAgentService for AgentService {
         &self,
         req: Request<proto::ServiceRequest>,
     ) -> Result<Response<proto::OperationResponse>, Status> {
-        let caller = self.caller(&req);
-        let r = req.into_inner();
-        tracing::info!(service = %r.name, %caller, request_id = %r.request_id, "stop");
-        let (name, comp) = (r.name.clone(), r.component.clone());
-        let outcome = self
-            .detached(|a| async move { a.stop(&name, component(&comp)).await })
-            .await?;
-        Ok(Response::new(response(outcome, self.current(&r.name).await)))
+        self.change_state(req, StateChange::Stop).await
     }
 
     async fn start_service(
         &self,
         req: Request<proto::ServiceRequest>,
     ) -> Result<Response<proto::OperationResponse>, Status> {
-        let caller = self.caller(&req);
-        let r = req.into_inner();
-        tracing::info!(service = %r.name, %caller, request_id = %r.request_id, "start");
-        let (name, comp) = (r.name.clone(), r.component.clone());
-        let outcome = self
-            .detached(|a| async move { a.start(&name, component(&comp)).await })
-            .await?;
-        Ok(Response::new(response(outcome, self.current(&r.name).await)))
+        self.change_state(req, StateChange::Start).await
     }
 
     async fn restart_service(
         &self,
         req: Request<proto::ServiceRequest>,
     ) -> Result<Response<proto::OperationResponse>, Status> {
-        let caller = self.caller(&req);
-        let r = req.into_inner();
-        tracing::info!(service = %r.name, %caller, request_id = %r.request_id, "restart");
-        let (name, comp) = (r.name.clone(), r.component.clone());
-        let outcome = self
-            .detached(|a| async move { a.restart(&name, component(&comp)).await })
-            .await?;
-        Ok(Response::new(response(outcome, self.current(&r.name).await)))
+        self.change_state(req, StateChange::Restart).await
     }
 
     async fn undeploy_service(

@@ -64,10 +64,7 @@ impl Agent {
     /// Streams the service's data as tar.zst chunks; the last item has
     /// `done`, the SHA-256 and the size.
     pub async fn export_data(&self, name: &str) -> Result<mpsc::Receiver<Result<ExportItem, OpError>>, OpError> {
-        let rec = self
-            .registry
-            .service(name)?
-            .ok_or_else(|| OpError::NotFound(name.to_string()))?;
+        let rec = self.recorded(name)?;
         let def = rec.def.clone();
         let vols = self.data_volumes(&def);
         if vols.is_empty() {
