@@ -69,7 +69,7 @@ do_start() {
         log "starting podman system service as $USER_NAME on unix://$SOCK (log $LOGFILE)"
         # setpriv execs (no intermediate process, unlike runuser), so $! is
         # podman's own pid and `stop` can signal it directly.
-        ( cd / && exec setsid setpriv --reuid="$USER_UID" --regid="$USER_GID" --init-groups \
+        ( cd / && close_inherited && exec setsid setpriv --reuid="$USER_UID" --regid="$USER_GID" --init-groups \
             env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
             HOME="$USER_HOME" USER="$USER_NAME" LOGNAME="$USER_NAME" \
             XDG_RUNTIME_DIR="$RUNTIME_DIR" \

@@ -17,3 +17,17 @@ stop_pid() {
         kill -KILL "$pid" 2>/dev/null || true
     fi
 }
+
+# close_inherited: closes every file descriptor above 2 of the calling shell.
+# Daemons started for the tests call it first, so they never keep open what
+# their launcher held (a lock file, cargo's jobserver pipe, a test harness's
+# pipes): a daemon holding such a descriptor keeps the lock taken or the
+# pipe open long after its launcher exited.
+close_inherited() {
+    local fd
+    for fd in /proc/$BASHPID/fd/*; do
+        fd=${fd##*/}
+        ((fd > 2)) && eval "exec $fd>&-" 2>/dev/null
+    done
+    return 0
+}

@@ -115,8 +115,9 @@ http:
 EOF
         mv -f "$CONFIG.tmp" "$CONFIG"
         log "starting docker-registry on 127.0.0.1:$PORT (storage $STATE/data, log $LOGFILE)"
-        # setsid: own session, detached from our terminal / process group
-        setsid "$BIN" serve "$CONFIG" </dev/null >>"$LOGFILE" 2>&1 &
+        # setsid: own session, detached from our terminal / process group;
+        # no descriptor of ours stays open in the long-lived registry.
+        ( close_inherited; exec setsid "$BIN" serve "$CONFIG" </dev/null >>"$LOGFILE" 2>&1 ) &
         pid=$!
         echo "$pid" >"$PIDFILE"
     fi
