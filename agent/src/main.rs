@@ -349,7 +349,7 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
     let platform = platform(&cfg)?;
     let agent = Arc::new(Agent::new(cfg.clone(), registry, Arc::new(podman), version, platform));
     let (boot, monitor) = (Arc::new(BootState::default()), Arc::new(MonitorState::default()));
-    mcp_agent::metrics::start(&agent).await?;
+    mcp_agent::metrics::start(&agent).await.map_err(anyhow::Error::msg)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let link = tokio::spawn(mcp_agent::link::run(agent.clone(), cert_store, stop_rx.clone()));
     if let Err(e) = agent.repair_interrupted().await {

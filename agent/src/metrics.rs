@@ -1,14 +1,15 @@
 //! The agent's Prometheus metrics (`mcp_agent_…`), served on `[metrics] listen`.
 //!
-//! Counters are bumped where things happen (deploys in `ops`, events in
-//! `registry`, proxy connections and requests in `proxy`); gauges that
+//! Counters are bumped where things happen (deploys at the gRPC edge,
+//! events through the registry's observer, proxy connections and requests
+//! through the proxy's); gauges that
 //! describe the present (certificate expiry, disk, containers up) are
 //! computed at scrape time.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 
-use mcp_infra::metrics::{self as m, CounterFamily, GaugeF64, GaugeFamily, HistogramFamily, Registry, labels};
+use mcp_infra::metrics::{self as m, CounterFamily, DeployMetrics, GaugeF64, GaugeFamily, Registry, labels};
 
 use crate::handle::Agent;
 use crate::outcome::{OpError, Outcome};
@@ -16,8 +17,7 @@ use crate::registry::Desired;
 
 struct Metrics {
     registry: Registry,
-    deploys: CounterFamily,
-    step_duration: HistogramFamily,
+    deploys: DeployMetrics,
     restarts: CounterFamily,
     drift: CounterFamily,
     flaps: CounterFamily,
@@ -34,8 +34,15 @@ struct Metrics {
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let mut registry = Registry::default();
     let x = Metrics {
-        deploys: Default::default(),
-        step_duration: m::seconds_histogram_family(),
+        deploys: DeployMetrics::register(
+            &mut registry,
+            "mcp_agent",
+            &["success", "unchanged", "failed", "rejected"],
+            (
+                "Deploys run by this agent, by result (success, unchanged, failed, rejected)",
+                "Duration of the deploy pipeline's steps that ran (not skipped), by step",
+            ),
+        ),
         restarts: Default::default(),
         drift: Default::default(),
         flaps: Default::default(),
@@ -49,16 +56,6 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         info: Default::default(),
         registry: Registry::default(),
     };
-    registry.register(
-        "mcp_agent_deploys",
-        "Deploys run by this agent, by result (success, unchanged, failed, rejected)",
-        x.deploys.clone(),
-    );
-    registry.register(
-        "mcp_agent_deploy_step_duration_seconds",
-        "Duration of the deploy pipeline's steps that ran (not skipped), by step",
-        x.step_duration.clone(),
-    );
     registry.register(
         "mcp_agent_container_restarts",
         "Containers restarted by the agent's monitor, by service and component",
@@ -114,10 +111,6 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Always 1; labels carry the agent's node name and version",
         x.info.clone(),
     );
-    // Every result from the start, so `increase()` sees the first one.
-    for r in ["success", "unchanged", "failed", "rejected"] {
-        let _ = x.deploys.get_or_create(&labels(&[("result", r)]));
-    }
     Metrics { registry, ..x }
 });
 
@@ -130,13 +123,8 @@ pub fn deploy_finished(result: &Result<Outcome, OpError>) {
         Err(OpError::Invalid(_) | OpError::Conflict(_) | OpError::NotFound(_)) => ("rejected", None),
         Err(_) => ("failed", None),
     };
-    METRICS.deploys.get_or_create(&labels(&[("result", label)])).inc();
-    for s in outcome.iter().flat_map(|o| &o.steps).filter(|s| !s.skipped) {
-        METRICS
-            .step_duration
-            .get_or_create(&labels(&[("step", s.name)]))
-            .observe(s.duration_ms as f64 / 1000.0);
-    }
+    let steps = outcome.iter().flat_map(|o| &o.steps).filter(|s| !s.skipped);
+    METRICS.deploys.record(label, steps.map(|s| (s.name, s.duration_ms)));
 }
 
 /// Counts `n` restarts of a component's container (called by the monitor
@@ -262,19 +250,13 @@ pub async fn render(agent: &Agent) -> String {
 }
 
 /// Starts the metrics listener when `[metrics]` is configured.
-pub async fn start(agent: &Arc<Agent>) -> anyhow::Result<Option<SocketAddr>> {
-    let Some(cfg) = &agent.cfg.metrics else {
-        return Ok(None);
-    };
+pub async fn start(agent: &Arc<Agent>) -> Result<Option<SocketAddr>, String> {
     let a = agent.clone();
     let render: m::Render = Arc::new(move || {
         let a = a.clone();
         Box::pin(async move { render(&a).await })
     });
-    let addr = m::start(cfg.listen, render)
-        .await
-        .map_err(|e| anyhow::anyhow!("metrics.listen {}: {e}", cfg.listen))?;
-    Ok(Some(addr))
+    m::start_configured(agent.cfg.metrics.as_ref(), render).await
 }
 
 #[cfg(test)]

@@ -153,6 +153,66 @@ pub async fn start(addr: SocketAddr, render: Render) -> std::io::Result<SocketAd
     Ok(local)
 }
 
+/// Starts the listener when the daemon has a `[metrics]` section; the
+/// error names the setting.
+pub async fn start_configured(
+    section: Option<&crate::config::MetricsSection>,
+    render: Render,
+) -> Result<Option<SocketAddr>, String> {
+    let Some(cfg) = section else {
+        return Ok(None);
+    };
+    start(cfg.listen, render)
+        .await
+        .map(Some)
+        .map_err(|e| format!("metrics.listen {}: {e}", cfg.listen))
+}
+
+/// Deploys by result and the durations of the steps that ran: the agent
+/// counts the deploys it runs, the master those it coordinates.
+pub struct DeployMetrics {
+    deploys: CounterFamily,
+    step_duration: HistogramFamily,
+}
+
+impl DeployMetrics {
+    /// Registers `<prefix>_deploys` and `<prefix>_deploy_step_duration_seconds`
+    /// with their help texts; every one of `results` exists from the start
+    /// at 0, so `increase()` in alert rules sees the first deploy.
+    pub fn register(
+        registry: &mut Registry,
+        prefix: &str,
+        results: &[&str],
+        (deploys_help, steps_help): (&str, &str),
+    ) -> DeployMetrics {
+        let m = DeployMetrics {
+            deploys: Default::default(),
+            step_duration: seconds_histogram_family(),
+        };
+        for r in results {
+            let _ = m.deploys.get_or_create(&labels(&[("result", r)]));
+        }
+        registry.register(format!("{prefix}_deploys"), deploys_help, m.deploys.clone());
+        registry.register(
+            format!("{prefix}_deploy_step_duration_seconds"),
+            steps_help,
+            m.step_duration.clone(),
+        );
+        m
+    }
+
+    /// Counts one deploy with `result` and observes the durations of its
+    /// steps, given as (step, milliseconds) for the steps that ran.
+    pub fn record<'a>(&self, result: &str, steps: impl IntoIterator<Item = (&'a str, u64)>) {
+        self.deploys.get_or_create(&labels(&[("result", result)])).inc();
+        for (step, ms) in steps {
+            self.step_duration
+                .get_or_create(&labels(&[("step", step)]))
+                .observe(ms as f64 / 1000.0);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
