@@ -379,7 +379,7 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
         commit = mcp_infra::GIT_COMMIT,
         "mcp-agent serving"
     );
-    let svc = mcp_proto::mcp_agent_service_server::McpAgentServiceServer::new(AgentService::new(agent, boot, monitor));
+    let svc = AgentService::new(agent, boot, monitor).into_server();
     tonic::transport::Server::builder()
         .layer(layer)
         .add_service(svc)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use mcp_model::service::ServiceDef;
-use mcp_proto::mcp_agent_service_server::McpAgentService;
+use mcp_proto::mcp_agent_service_server::{McpAgentService, McpAgentServiceServer};
 use mcp_proto::{self as proto, LogChunk};
 use prost::Message;
 use tonic::{Request, Response, Status};
@@ -30,6 +30,11 @@ impl AgentService {
     /// Serves `agent`, reporting the progress of its boot and monitor.
     pub fn new(agent: Arc<Agent>, boot: Arc<BootState>, monitor: Arc<MonitorState>) -> Self {
         AgentService { agent, boot, monitor }
+    }
+
+    /// The tonic service to add to a server.
+    pub fn into_server(self) -> McpAgentServiceServer<AgentService> {
+        McpAgentServiceServer::new(self)
     }
 }
 
