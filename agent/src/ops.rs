@@ -147,7 +147,7 @@ pub struct Agent {
     /// Where DNS records go (none: skipped).
     pub dns: Option<Arc<dyn crate::platform::DnsRegistrar>>,
     /// The proxy routes go to (none: recorded only).
-    pub proxy: Option<Arc<dyn crate::proxy::ProxyBackend>>,
+    pub proxy: Option<Arc<dyn crate::platform::ProxyBackend>>,
     /// Boot sequence progress; one boot or recovery at a time.
     pub boot: crate::boot::BootState,
     /// What the monitor remembers between passes.
@@ -162,7 +162,7 @@ pub struct Agent {
 pub struct Platform {
     pub ca: Option<Arc<dyn crate::platform::CertAuthority>>,
     pub dns: Option<Arc<dyn crate::platform::DnsRegistrar>>,
-    pub proxy: Option<Arc<dyn crate::proxy::ProxyBackend>>,
+    pub proxy: Option<Arc<dyn crate::platform::ProxyBackend>>,
 }
 
 impl Agent {

@@ -11,7 +11,7 @@ use mcp_model::service::{RouteMode, ServiceDef, check_hostname};
 use mcp_proto as proto;
 
 use crate::ops::{Agent, OpError};
-use crate::proxy::{Mode, ProxyRoute};
+use crate::platform::{Mode, ProxyRoute};
 use crate::registry::ServiceRecord;
 
 /// Internal name of a service.

@@ -1,41 +1,16 @@
-//! Platform services a deploy wires a service into (SPEC §5): a certificate
-//! authority and a DNS registrar, each a small trait with the embedded
-//! default (the master, over gRPC) as real implementation.
+//! The master as certificate authority and DNS registrar (the embedded
+//! defaults of SPEC §5), over gRPC with the agent's identity.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::{CertAuthority, DnsRegistrar, ServiceCert, UNAVAILABLE_PREFIX};
 use crate::config::AgentConfig;
 use mcp_infra::tls;
 use mcp_model::identity::{Identity, NODE_METADATA};
 use mcp_proto::{self as proto, mcp_registration_service_client::McpRegistrationServiceClient};
 use tonic::transport::Channel;
-
-/// Start of an error that may go away on retry (the service was down).
-pub const UNAVAILABLE_PREFIX: &str = "unavailable: ";
-
-/// A freshly issued service certificate.
-pub struct ServiceCert {
-    pub chain_pem: String,
-    pub key_pem: String,
-}
-
-/// Issues TLS certificates for services.
-#[tonic::async_trait]
-pub trait CertAuthority: Send + Sync {
-    /// A certificate for exactly `hostnames` of `service`, with its key.
-    async fn issue(&self, service: &str, hostnames: &[String]) -> Result<ServiceCert, String>;
-}
-
-/// Publishes service names in DNS.
-#[tonic::async_trait]
-pub trait DnsRegistrar: Send + Sync {
-    /// `hostname` → `address` for `service`.
-    async fn register(&self, service: &str, hostname: &str, address: Ipv4Addr) -> Result<(), String>;
-    /// Withdraws the record of `service`.
-    async fn remove(&self, service: &str, hostname: &str) -> Result<(), String>;
-}
 
 /// The master as CA and DNS registrar, called with the agent's identity.
 pub struct Master {
