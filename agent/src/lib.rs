@@ -17,6 +17,7 @@ pub mod podman;
 pub mod ports;
 pub mod registry;
 pub mod render;
+pub mod rpc;
 pub mod server;
 pub mod snapshot;
 pub mod spec;
