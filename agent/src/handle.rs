@@ -11,8 +11,8 @@ use std::time::Instant;
 use mcp_model::service::{ComponentDef, ServiceDef};
 
 use crate::config::AgentConfig;
+use crate::platform::ProxyBackend;
 use crate::platform::{CertAuthority, DnsRegistrar};
-use crate::proxy::ProxyBackend;
 use crate::registry::Registry;
 use crate::runtime::ContainerRuntime;
 use crate::runtime::spec::ContainerSpec;

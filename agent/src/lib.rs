@@ -3,7 +3,7 @@
 //!
 //! Bottom to top: `config`, `node`, `ports`, `volumes`, `runtime` (the
 //! container runtime trait and podman), `registry`, `outcome`, `alerts`,
-//! `platform`/`proxy` (where certificates, DNS records and routes go) →
+//! `platform` (where certificates, DNS records and routes go) →
 //! `handle` (the shared [`handle::Agent`]) → `wiring`, `deploy`,
 //! `lifecycle`, `status`, `snapshot`, `render`, `adopt`, `health` → `boot`,
 //! `monitor`, `link`, `metrics` → `rpc` (the gRPC edge).
@@ -15,11 +15,8 @@ pub mod config;
 pub mod deploy;
 pub mod handle;
 pub mod health;
-pub mod http_client;
 pub mod lifecycle;
 pub mod link;
-pub mod mcns;
-pub mod metacrypt;
 pub mod metrics;
 pub mod monitor;
 pub mod node;
@@ -27,7 +24,6 @@ pub mod outcome;
 pub mod pb;
 pub mod platform;
 pub mod ports;
-pub mod proxy;
 pub mod registry;
 pub mod render;
 pub mod rpc;

@@ -403,8 +403,8 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
 
 /// The platform services of this node, from its configuration.
 fn platform(cfg: &AgentConfig) -> Result<Platform> {
-    use mcp_agent::proxy::{BuiltinProxy, McProxy, McProxyConfig, ProxyConfig};
-    let master = mcp_agent::platform::Master::new(cfg);
+    use mcp_agent::platform::{BuiltinProxy, Master, McProxy, McProxyConfig, Mcns, Metacrypt, ProxyConfig};
+    let master = Master::new(cfg);
     let mut p = Platform::default();
     if cfg.ca_from_master() {
         let m = master
@@ -412,7 +412,7 @@ fn platform(cfg: &AgentConfig) -> Result<Platform> {
             .context("network.ca = \"master\" needs a [master] section")?;
         p.ca = Some(m);
     } else if let (Some("metacrypt"), Some(m)) = (cfg.network.ca.as_deref(), &cfg.metacrypt) {
-        p.ca = Some(Arc::new(mcp_agent::metacrypt::Metacrypt::new(m)?));
+        p.ca = Some(Arc::new(Metacrypt::new(m)?));
     }
     if cfg.dns_with_master() {
         let m = master
@@ -420,7 +420,7 @@ fn platform(cfg: &AgentConfig) -> Result<Platform> {
             .context("network.dns = \"master\" needs a [master] section")?;
         p.dns = Some(m);
     } else if let (Some("mcns"), Some(m)) = (cfg.network.dns.as_deref(), &cfg.mcns) {
-        p.dns = Some(Arc::new(mcp_agent::mcns::Mcns::new(m)?));
+        p.dns = Some(Arc::new(Mcns::new(m)?));
     }
     if let Some(px) = &cfg.proxy {
         let listeners = px.listeners.iter().map(|l| (l.port, l.bind)).collect();

@@ -365,7 +365,7 @@ async fn ensure_routes(agent: &Agent, rec: &crate::registry::ServiceRecord) {
         return;
     }
     let Ok(have) = proxy.routes().await else { return };
-    let key = |r: &crate::proxy::ProxyRoute| (r.listener_port, r.hostname.clone(), r.backend.clone());
+    let key = |r: &crate::platform::ProxyRoute| (r.listener_port, r.hostname.clone(), r.backend.clone());
     let have: std::collections::HashSet<_> = have.iter().filter(|r| r.service == rec.def.name).map(key).collect();
     let missing = want.iter().filter(|r| !have.contains(&key(r))).count();
     if missing == 0 {

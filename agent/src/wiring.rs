@@ -11,7 +11,7 @@ use mcp_model::service::{RouteMode, ServiceDef, check_hostname};
 
 use crate::handle::Agent;
 use crate::outcome::OpError;
-use crate::proxy::{Mode, ProxyRoute};
+use crate::platform::{Mode, ProxyRoute};
 use crate::registry::{EdgeRoute, ServiceRecord};
 
 /// Internal name of a service.

@@ -273,7 +273,7 @@ impl Agent {
         record: &ServiceRecord,
         t: Instant,
         out: &mut Outcome,
-    ) -> Result<Vec<crate::proxy::ProxyRoute>, String> {
+    ) -> Result<Vec<crate::platform::ProxyRoute>, String> {
         let wiring = if record.def.active {
             self.apply_routes(record).await
         } else {
@@ -301,7 +301,7 @@ impl Agent {
         &self,
         service: &str,
         applied: Applied,
-        routes_before: Option<Vec<crate::proxy::ProxyRoute>>,
+        routes_before: Option<Vec<crate::platform::ProxyRoute>>,
         (failed, t): (&'static str, Instant),
         error: String,
         mut out: Outcome,

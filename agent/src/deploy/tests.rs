@@ -16,7 +16,7 @@ use crate::deploy::containers::PREV_SUFFIX;
 use crate::handle::{Agent, Platform};
 use crate::outcome::{OpError, step};
 use crate::platform::DnsRegistrar;
-use crate::proxy::{ProxyBackend, ProxyError, ProxyRoute};
+use crate::platform::{ProxyBackend, ProxyError, ProxyRoute};
 use crate::registry::{Desired, Registry};
 use crate::runtime::fake::FakeRuntime;
 use crate::runtime::spec::LABEL_HASH;

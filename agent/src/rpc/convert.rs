@@ -6,7 +6,7 @@ use mcp_proto as proto;
 
 use crate::boot::{Report, StageStatus};
 use crate::outcome::{Outcome, ServiceView};
-use crate::proxy::ProxyRoute;
+use crate::platform::ProxyRoute;
 use crate::registry::{EdgeRoute, EventRecord};
 use crate::snapshot::{ExportItem, ImportHeader};
 
