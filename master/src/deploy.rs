@@ -258,3 +258,192 @@ pub async fn status(fleet: &Fleet, name: &str) -> Result<(String, ServiceStatus)
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::db::now;
+    use crate::reports::ErrorCode;
+    use crate::testing::{Outcome, add_node, def, fleet, place, placement};
+
+    /// Waits (a few ms at a time) until the fake agents saw `call`.
+    async fn until_called(agents: &crate::testing::FakeAgents, call: &str) {
+        for _ in 0..1000 {
+            if agents.count(call) > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("no call {call:?}; calls: {:?}", agents.calls());
+    }
+
+    #[tokio::test]
+    async fn placement_is_deploying_while_the_agent_works_then_deployed() {
+        let (fleet, agents, _dir) = fleet();
+        add_node(&fleet, "n1", "worker", now());
+        let fleet = Arc::new(fleet);
+        let gate = agents.gate_deploys();
+        let f = fleet.clone();
+        let task = tokio::spawn(async move { deploy(&f, def("web", "web:1"), String::new(), "r1".into()).await });
+        until_called(&agents, "deploy n1 web r1").await;
+        assert_eq!(
+            placement(&fleet, "web"),
+            Some(("n1".into(), "deploying".into(), "deploy r1 in progress".into()))
+        );
+        gate.add_permits(1);
+        let op = task.await.expect("deploy task").expect("deploy succeeds");
+        assert_eq!((op.node.as_str(), op.report.steps.len()), ("n1", 1));
+        assert!(!op.placement.is_empty(), "the placement decision is reported");
+        assert_eq!(
+            placement(&fleet, "web"),
+            Some(("n1".into(), "deployed".into(), "deployed by r1".into()))
+        );
+        assert_eq!(
+            fleet.nodes.get("n1").expect("node").load.containers,
+            1,
+            "counted until the next heartbeat"
+        );
+    }
+
+    /// (a placement before, how the deploy ends, the record after: (state, detail, image)).
+    type Case = (bool, Outcome, Option<(&'static str, String, &'static str)>);
+
+    #[tokio::test]
+    async fn failures_restore_the_previous_record_or_leave_it_unknown() {
+        let unknown = |e: &str| format!("outcome of deploy r1 unknown ({e}); re-run the deploy");
+        let refused = "node n1: scripted failure";
+        let silent = "node n1 is unreachable: no answer within 5 s";
+        let cases: Vec<Case> = vec![
+            (false, Outcome::Refused(ErrorCode::InvalidArgument), None),
+            (false, Outcome::Refused(ErrorCode::FailedPrecondition), None),
+            (
+                true,
+                Outcome::Refused(ErrorCode::FailedPrecondition),
+                Some(("deployed", format!("last deploy r1 failed: {refused}"), "web:1")),
+            ),
+            (
+                true,
+                Outcome::Refused(ErrorCode::ResourceExhausted),
+                Some(("deployed", format!("last deploy r1 failed: {refused}"), "web:1")),
+            ),
+            (
+                true,
+                Outcome::Refused(ErrorCode::NotFound),
+                Some(("deployed", format!("last deploy r1 failed: {refused}"), "web:1")),
+            ),
+            (false, Outcome::NoAnswer, Some(("unknown", unknown(silent), "web:2"))),
+            (true, Outcome::NoAnswer, Some(("unknown", unknown(silent), "web:2"))),
+            (
+                true,
+                Outcome::Refused(ErrorCode::Unavailable),
+                Some(("unknown", unknown(refused), "web:2")),
+            ),
+            (
+                false,
+                Outcome::Refused(ErrorCode::Internal),
+                Some(("unknown", unknown(refused), "web:2")),
+            ),
+            (
+                true,
+                Outcome::Refused(ErrorCode::Unknown),
+                Some(("unknown", unknown(refused), "web:2")),
+            ),
+        ];
+        for (i, (before, outcome, after)) in cases.into_iter().enumerate() {
+            let (fleet, agents, _dir) = fleet();
+            add_node(&fleet, "n1", "worker", now());
+            if before {
+                place(&fleet, &def("web", "web:1"), "n1", "deployed", "r0");
+            }
+            agents.next_deploy(outcome.clone());
+            let err = deploy(&fleet, def("web", "web:2"), String::new(), "r1".into())
+                .await
+                .expect_err("the deploy fails");
+            match &outcome {
+                Outcome::Refused(code) => assert_eq!(err.agent_code(), Some(*code), "case {i}"),
+                _ => assert!(matches!(err, FleetError::Unreachable { .. }), "case {i}: {err:?}"),
+            }
+            let got = fleet.db.placement("web").expect("read placement").map(|p| {
+                let image = p.def.components[0].image.clone();
+                (p.state, p.detail, image)
+            });
+            let want = after.map(|(s, d, i)| (s.to_string(), d, i.to_string()));
+            assert_eq!(got, want, "case {i}: {outcome:?} with a placement before: {before}");
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_requests_reach_no_agent() {
+        let (fleet, agents, _dir) = fleet();
+        add_node(&fleet, "n1", "worker", now());
+        let mut pinned = def("web", "web:1");
+        pinned.node = Some("ghost".into());
+        let cases = [(def("web", "web:1"), "nope", "has no component"), (pinned, "", "ghost")];
+        for (d, component, says) in cases {
+            let err = deploy(&fleet, d, component.into(), "r1".into())
+                .await
+                .expect_err("refused");
+            assert!(matches!(err, FleetError::Invalid(_)), "{err:?}");
+            assert!(err.to_string().contains(says), "{err}");
+        }
+        assert_eq!(placement(&fleet, "web"), None);
+        assert!(agents.calls().is_empty(), "{:?}", agents.calls());
+    }
+
+    #[tokio::test]
+    async fn deploys_of_one_service_run_one_after_the_other() {
+        let (fleet, agents, _dir) = fleet();
+        add_node(&fleet, "n1", "worker", now());
+        let fleet = Arc::new(fleet);
+        let gate = agents.gate_deploys();
+        let spawn = |service: &'static str, request: &'static str| {
+            let f = fleet.clone();
+            tokio::spawn(async move { deploy(&f, def(service, "i:1"), String::new(), request.into()).await })
+        };
+        let first = spawn("web", "r1");
+        until_called(&agents, "deploy n1 web r1").await;
+        let second = spawn("web", "r2");
+        // Another service is not held up by the first one's lock.
+        let other = spawn("db", "r3");
+        until_called(&agents, "deploy n1 db r3").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(agents.count("deploy n1 web r2"), 0, "the second waits for the lock");
+        gate.add_permits(3);
+        for t in [first, second, other] {
+            t.await.expect("deploy task").expect("deploy succeeds");
+        }
+        let calls = agents.calls();
+        let at = |c: &str| calls.iter().position(|x| x == c).expect("called");
+        assert!(at("deployed n1 web r1") < at("deploy n1 web r2"), "{calls:?}");
+        assert_eq!(
+            placement(&fleet, "web").map(|p| p.2),
+            Some("deployed by r2".to_string())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deploy_that_waits_too_long_for_the_lock_is_refused() {
+        let (fleet, agents, _dir) = fleet();
+        add_node(&fleet, "n1", "worker", now());
+        let fleet = Arc::new(fleet);
+        let gate = agents.gate_deploys();
+        let f = fleet.clone();
+        let first = tokio::spawn(async move { deploy(&f, def("web", "i:1"), String::new(), "r1".into()).await });
+        until_called(&agents, "deploy n1 web r1").await;
+        // The lock waits `timeouts.deploy` (5 s); paused time jumps there.
+        let err = deploy(&fleet, def("web", "i:2"), String::new(), "r2".into())
+            .await
+            .expect_err("refused while the first runs");
+        assert!(matches!(err, FleetError::Busy(_)), "{err:?}");
+        assert_eq!(
+            placement(&fleet, "web").map(|p| p.2),
+            Some("deploy r1 in progress".to_string()),
+            "the refused deploy changed nothing"
+        );
+        gate.add_permits(1);
+        first.await.expect("deploy task").expect("the first deploy succeeds");
+    }
+}

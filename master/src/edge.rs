@@ -186,3 +186,23 @@ pub async fn remove_edges_of(fleet: &Fleet, service: &str) -> Vec<String> {
     }
     problems
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_address_of_a_listener() {
+        let ip = Some(std::net::Ipv4Addr::new(10, 0, 0, 7));
+        let cases = [
+            ("0.0.0.0:10443", ip, "10.0.0.7:10443"),
+            ("[::]:10443", ip, "10.0.0.7:10443"),
+            ("0.0.0.0:10443", None, "127.0.0.1:10443"),
+            ("10.0.0.9:10443", ip, "10.0.0.9:10443"),
+            ("127.0.0.1:8080", None, "127.0.0.1:8080"),
+        ];
+        for (listener, worker, want) in cases {
+            assert_eq!(backend_address(listener.to_string(), worker), want, "{listener}");
+        }
+    }
+}

@@ -43,3 +43,6 @@ pub mod migrate;
 
 /// The gRPC edge: both services, the agent client, proto ⇄ domain.
 pub mod rpc;
+
+#[cfg(test)]
+mod testing;

@@ -72,3 +72,42 @@ impl RateLimiter {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_per_node_and_rpc() {
+        let limiter = RateLimiter::default();
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // (node, rpc, min, seconds after t0, accepted)
+        let cases: &[(&str, &'static str, u64, u64, bool)] = &[
+            ("a", "Register", 60, 0, true),
+            ("a", "Register", 60, 59, false),
+            ("a", "Heartbeat", 60, 59, true),
+            ("b", "Register", 60, 59, true),
+            ("a", "Register", 60, 60, true),
+            ("a", "Register", 0, 60, true),
+            ("a", "Register", 60, 61, false),
+        ];
+        for (i, (node, rpc, min, at, accepted)) in cases.iter().enumerate() {
+            let got = limiter.check(node, rpc, *min, t0 + s(*at));
+            assert_eq!(got.is_ok(), *accepted, "case {i}: {got:?}");
+            if let Err(e) = got {
+                assert!(matches!(e, FleetError::Exhausted(_)), "case {i}: {e:?}");
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lock_waits_then_refuses() {
+        let locks = ServiceLocks::new(Duration::from_secs(5));
+        let held = locks.lock("web").await.expect("free lock");
+        assert!(matches!(locks.lock("web").await, Err(FleetError::Busy(_))));
+        assert!(locks.lock("db").await.is_ok(), "other services are not held up");
+        drop(held);
+        assert!(locks.lock("web").await.is_ok());
+    }
+}

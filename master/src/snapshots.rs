@@ -398,3 +398,45 @@ pub async fn scheduled(fleet: &Fleet) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::def;
+
+    #[test]
+    fn due_for_a_scheduled_snapshot() {
+        let with_volume = |state: &str| {
+            let mut d = def("db", "db:1");
+            d.components[0].volumes = vec!["/srv/db:/data".into()];
+            PlacementRow {
+                service: "db".into(),
+                node: "n1".into(),
+                def: d,
+                state: state.into(),
+                detail: String::new(),
+                request_id: String::new(),
+                updated_at: 0,
+            }
+        };
+        let no_volume = PlacementRow {
+            def: def("web", "web:1"),
+            ..with_volume("deployed")
+        };
+        let day = 86_400;
+        let now = 10 * day;
+        // (placement, node healthy, latest snapshot, due)
+        let cases = [
+            (with_volume("deployed"), true, None, true),
+            (with_volume("deployed"), true, Some(now - day), true),
+            (with_volume("deployed"), true, Some(now - day + 1), false),
+            (with_volume("stopped"), true, Some(now - 2 * day), true),
+            (with_volume("deploying"), true, None, false),
+            (with_volume("deployed"), false, None, false),
+            (no_volume, true, None, false),
+        ];
+        for (i, (p, healthy, latest, want)) in cases.into_iter().enumerate() {
+            assert_eq!(due(&p, healthy, latest, now, day as u64), want, "case {i}");
+        }
+    }
+}

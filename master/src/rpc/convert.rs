@@ -449,3 +449,67 @@ impl From<proto::DnsRecordRequest> for RecordRequest {
 }
 
 convert!(proto::MigrateServiceRequest => MigrateOrder { service, to, force, request_id, all, from });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_code_round_trips() {
+        for (code, domain) in CODES {
+            assert_eq!(error_code(code), domain);
+            assert_eq!(grpc_code(domain), code);
+        }
+        assert_eq!(error_code(Code::Ok), ErrorCode::Unknown, "an error is never ok");
+    }
+
+    #[test]
+    fn agent_errors_pass_through_unchanged() {
+        let failed = proto::OperationResponse {
+            steps: vec![proto::StepResult {
+                step: "containers".into(),
+                error: "pull failed".into(),
+                duration_ms: 1200,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let details = failed.encode_to_vec();
+        let status = Status::with_details(Code::FailedPrecondition, "deploy failed", details.clone().into());
+        let e = agent_error(&status);
+        assert_eq!(e.code, ErrorCode::FailedPrecondition);
+        assert_eq!(e.steps.len(), 1);
+        assert_eq!((e.steps[0].step.as_str(), e.steps[0].duration_ms), ("containers", 1200));
+        let back = agent_status(&e, "node a: deploy failed".into());
+        assert_eq!(back.code(), Code::FailedPrecondition);
+        assert_eq!(back.message(), "node a: deploy failed");
+        assert_eq!(back.details(), &details[..], "details reach the CLI byte for byte");
+        // Details that are no OperationResponse are kept all the same.
+        let odd = Status::with_details(Code::Internal, "x", vec![0xff, 0x01].into());
+        let e = agent_error(&odd);
+        assert!(e.steps.is_empty());
+        assert_eq!(agent_status(&e, "x".into()).details(), &[0xff, 0x01]);
+    }
+
+    #[test]
+    fn fan_out_answers_carry_the_error_or_the_value() {
+        let ok = PerNode {
+            node: "a".into(),
+            answer: Ok(vec![ProxyRoute {
+                hostname: "h".into(),
+                ..Default::default()
+            }]),
+        };
+        let routes = proto::NodeRoutes::from(ok);
+        assert_eq!((routes.error.as_str(), routes.routes.len()), ("", 1));
+        let down: PerNode<Recovery> = PerNode {
+            node: "b".into(),
+            answer: Err("node b is unreachable: x".into()),
+        };
+        let rec = proto::NodeRecovery::from(down);
+        assert_eq!(
+            (rec.node.as_str(), rec.error.as_str(), rec.result),
+            ("b", "node b is unreachable: x", None)
+        );
+    }
+}
