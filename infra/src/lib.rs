@@ -1,10 +1,11 @@
 //! The infrastructure every mcp binary stands on: TLS 1.3 configs,
 //! listeners and the authorization layer, the built-in CA, bounded HTTPS
 //! endpoints and the MCIAS client, files with private modes, configuration
-//! loading, Prometheus metrics, logging, and the one shape of background
-//! work. No SQLite here (`mcp-store`), no wire types (`mcp-proto`).
+//! loading, Prometheus metrics, logging, daemon start and stop, and the one
+//! shape of background work. No SQLite here (`mcp-store`), no wire types (`mcp-proto`).
 
 pub mod config;
+pub mod daemon;
 pub mod endpoint;
 pub mod fsutil;
 pub mod logging;

@@ -49,6 +49,16 @@ pub fn seconds_histogram_family() -> HistogramFamily {
     Family::new_with_constructor(seconds_histogram as fn() -> Histogram)
 }
 
+/// Registers `metric` as `name` with its `help` text and returns it (a
+/// handle to the same series), so a family is declared in one expression.
+pub fn register<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 /// The registry in the Prometheus text format (0.0.4).
 pub fn encode(registry: &Registry) -> String {
     let mut out = String::new();

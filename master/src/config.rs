@@ -40,29 +40,20 @@ pub struct MasterConfig {
 
 /// `[snapshots]` of the master (SPEC §11).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SnapshotsSection {
     /// How often every placed service with volumes is snapshotted: `off`,
     /// `hourly`, `daily`, `weekly` or `<n>s|m|h|d`.
-    #[serde(default = "default_snapshot_schedule")]
     pub schedule: String,
     /// Snapshots kept per service; older ones are deleted.
-    #[serde(default = "default_snapshot_retention")]
     pub retention: u32,
-}
-
-fn default_snapshot_schedule() -> String {
-    "daily".to_string()
-}
-fn default_snapshot_retention() -> u32 {
-    7
 }
 
 impl Default for SnapshotsSection {
     fn default() -> Self {
         SnapshotsSection {
-            schedule: default_snapshot_schedule(),
-            retention: default_snapshot_retention(),
+            schedule: "daily".to_string(),
+            retention: 7,
         }
     }
 }
@@ -76,43 +67,30 @@ impl SnapshotsSection {
 
 /// `[dns]` of the master: the internal zone, served authoritatively.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct DnsSection {
     /// UDP+TCP addresses to serve on, e.g. `127.0.0.1:5353`; empty: not
     /// served. Specific addresses, never an implied `0.0.0.0:53` (a local
     /// resolver often holds port 53 on localhost).
-    #[serde(default)]
     pub listen: Vec<SocketAddr>,
     /// The zone (no trailing dot needed).
-    #[serde(default = "default_zone")]
     pub zone: String,
     /// TTL of every record, and the negative-caching TTL (SOA minimum).
-    #[serde(default = "default_dns_ttl")]
     pub ttl: u32,
     /// NS names of the zone; empty: `ns1.<zone>`.
-    #[serde(default)]
     pub ns: Vec<String>,
     /// Addresses of the NS names that lie inside the zone (glue).
-    #[serde(default)]
     pub ns_addresses: Vec<std::net::Ipv4Addr>,
     /// SOA RNAME, as a name or a mail address; empty: `hostmaster.<zone>`.
-    #[serde(default)]
     pub admin: String,
-}
-
-fn default_zone() -> String {
-    mcp_model::service::DEFAULT_ZONE.to_string()
-}
-fn default_dns_ttl() -> u32 {
-    60
 }
 
 impl Default for DnsSection {
     fn default() -> Self {
         DnsSection {
             listen: Vec::new(),
-            zone: default_zone(),
-            ttl: default_dns_ttl(),
+            zone: mcp_model::service::DEFAULT_ZONE.to_string(),
+            ttl: 60,
             ns: Vec::new(),
             ns_addresses: Vec::new(),
             admin: String::new(),
@@ -136,56 +114,48 @@ pub struct MasterSection {
 
 /// `[timeouts]` in seconds (SPEC §7).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TimeoutsSection {
-    #[serde(default = "default_deploy_timeout")]
+    /// A deploy, stop, start or restart on an agent; also the longest wait
+    /// for a service's lock.
     pub deploy: u64,
-    #[serde(default = "default_undeploy_timeout")]
+    /// An undeploy on an agent.
     pub undeploy: u64,
-    #[serde(default = "default_health_timeout")]
+    /// Probes, status and listings; also dialling an agent.
     pub health_check: u64,
-    #[serde(default = "default_edge_timeout")]
+    /// Setting up or removing an edge route.
     pub edge_route: u64,
-    #[serde(default = "default_snapshot_timeout")]
+    /// A whole snapshot export or import.
     pub snapshot: u64,
 }
 
 /// `[heartbeat]` in seconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct HeartbeatSection {
     /// How often agents heartbeat.
-    #[serde(default = "default_heartbeat_interval")]
     pub interval: u64,
     /// Silence after which the master probes a node.
-    #[serde(default = "default_silent_after")]
     pub silent_after: u64,
     /// How often the master looks for silent nodes.
-    #[serde(default = "default_check_every")]
     pub check_every: u64,
 }
 
 /// `[registration]`: who may join and how often agents may call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RegistrationSection {
     /// Node names allowed to register; empty allows any joined node.
-    #[serde(default)]
     pub allowlist: Vec<String>,
     /// Most nodes the fleet may have; 0 for no limit.
-    #[serde(default)]
     pub max_nodes: u32,
     /// Minimum seconds between two Register calls of a node.
-    #[serde(default = "default_register_interval")]
     pub register_interval: u64,
     /// Minimum seconds between two Heartbeat calls of a node.
-    #[serde(default = "default_heartbeat_min")]
     pub heartbeat_min_interval: u64,
     /// Lifetime of a join token, seconds.
-    #[serde(default = "default_join_ttl")]
     pub join_token_ttl: u64,
     /// Lifetime of agent certificates, days.
-    #[serde(default = "default_cert_days")]
     pub cert_days: i64,
 }
 
@@ -204,51 +174,15 @@ fn default_master_listen() -> SocketAddr {
 fn default_master_dir() -> PathBuf {
     PathBuf::from("/srv/mcp-master")
 }
-fn default_deploy_timeout() -> u64 {
-    300
-}
-fn default_undeploy_timeout() -> u64 {
-    120
-}
-fn default_health_timeout() -> u64 {
-    5
-}
-fn default_edge_timeout() -> u64 {
-    30
-}
-fn default_snapshot_timeout() -> u64 {
-    600
-}
-fn default_heartbeat_interval() -> u64 {
-    30
-}
-fn default_silent_after() -> u64 {
-    90
-}
-fn default_check_every() -> u64 {
-    10
-}
-fn default_register_interval() -> u64 {
-    60
-}
-fn default_heartbeat_min() -> u64 {
-    10
-}
-fn default_join_ttl() -> u64 {
-    3600
-}
-fn default_cert_days() -> i64 {
-    90
-}
 
 impl Default for TimeoutsSection {
     fn default() -> Self {
         TimeoutsSection {
-            deploy: default_deploy_timeout(),
-            undeploy: default_undeploy_timeout(),
-            health_check: default_health_timeout(),
-            edge_route: default_edge_timeout(),
-            snapshot: default_snapshot_timeout(),
+            deploy: 300,
+            undeploy: 120,
+            health_check: 5,
+            edge_route: 30,
+            snapshot: 600,
         }
     }
 }
@@ -256,9 +190,9 @@ impl Default for TimeoutsSection {
 impl Default for HeartbeatSection {
     fn default() -> Self {
         HeartbeatSection {
-            interval: default_heartbeat_interval(),
-            silent_after: default_silent_after(),
-            check_every: default_check_every(),
+            interval: 30,
+            silent_after: 90,
+            check_every: 10,
         }
     }
 }
@@ -268,15 +202,33 @@ impl Default for RegistrationSection {
         RegistrationSection {
             allowlist: Vec::new(),
             max_nodes: 0,
-            register_interval: default_register_interval(),
-            heartbeat_min_interval: default_heartbeat_min(),
-            join_token_ttl: default_join_ttl(),
-            cert_days: default_cert_days(),
+            register_interval: 60,
+            heartbeat_min_interval: 10,
+            join_token_ttl: 3600,
+            cert_days: 90,
         }
     }
 }
 
 impl MasterConfig {
+    /// The master `master` with its certificate `tls`, every other section
+    /// at its default.
+    pub fn new(master: MasterSection, tls: TlsFiles) -> MasterConfig {
+        MasterConfig {
+            master,
+            tls,
+            timeouts: TimeoutsSection::default(),
+            heartbeat: HeartbeatSection::default(),
+            registration: RegistrationSection::default(),
+            reconcile: ReconcileSection::default(),
+            log: LogSection::default(),
+            mcias: None,
+            dns: DnsSection::default(),
+            metrics: None,
+            snapshots: SnapshotsSection::default(),
+        }
+    }
+
     /// Loads and checks a master configuration file.
     pub fn load(path: &Path) -> Result<MasterConfig, ConfigError> {
         let cfg: MasterConfig = mcp_infra::config::load(path)?;

@@ -96,12 +96,37 @@ pub struct NodeRow {
     pub registered_at: i64,
     pub last_seen: i64,
     pub cpus: u32,
+    pub load: NodeLoad,
+}
+
+/// What a node reports in each heartbeat: load, memory, disk, containers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeLoad {
     pub cpu_load: f64,
     pub memory_total: u64,
     pub memory_available: u64,
     pub disk_total: u64,
     pub disk_available: u64,
     pub containers: u32,
+}
+
+impl NodeRow {
+    /// A node that registered at `t` and has reported nothing yet.
+    pub fn new(name: &str, t: i64) -> NodeRow {
+        NodeRow {
+            name: name.to_string(),
+            role: String::new(),
+            address: String::new(),
+            arch: String::new(),
+            version: String::new(),
+            healthy: true,
+            status_reason: String::new(),
+            registered_at: t,
+            last_seen: t,
+            cpus: 0,
+            load: NodeLoad::default(),
+        }
+    }
 }
 
 /// Where a service is placed, with the definition last sent there.
@@ -206,13 +231,35 @@ fn node_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRow> {
         registered_at: r.get(7)?,
         last_seen: r.get(8)?,
         cpus: r.get(9)?,
-        cpu_load: r.get(10)?,
-        memory_total: r.get::<_, i64>(11)? as u64,
-        memory_available: r.get::<_, i64>(12)? as u64,
-        disk_total: r.get::<_, i64>(13)? as u64,
-        disk_available: r.get::<_, i64>(14)? as u64,
-        containers: r.get(15)?,
+        load: NodeLoad {
+            cpu_load: r.get(10)?,
+            memory_total: r.get::<_, i64>(11)? as u64,
+            memory_available: r.get::<_, i64>(12)? as u64,
+            disk_total: r.get::<_, i64>(13)? as u64,
+            disk_available: r.get::<_, i64>(14)? as u64,
+            containers: r.get(15)?,
+        },
     })
+}
+
+/// A row mapper that fills the named fields of `$row` from the selected
+/// columns, in order (the `SELECT` lists them in the same order). A field
+/// written `field as T` is read as a `T` (SQLite integers are `i64`) and cast.
+macro_rules! columns {
+    ($row:ident { $($field:ident $(as $sql:ty)?),* $(,)? }) => {
+        |r: &rusqlite::Row<'_>| {
+            let mut column = 0usize..;
+            Ok($row {
+                $($field: columns!(@get r, column $(, $sql)?),)*
+            })
+        }
+    };
+    (@get $r:ident, $column:ident) => {
+        $r.get($column.next().expect("an endless range"))?
+    };
+    (@get $r:ident, $column:ident, $sql:ty) => {
+        $r.get::<_, $sql>($column.next().expect("an endless range"))? as _
+    };
 }
 
 const NODE_COLUMNS: &str = "name, role, address, arch, version, status, status_reason, registered_at, last_seen, \
@@ -230,7 +277,7 @@ impl FleetDb {
     #[cfg(test)]
     pub fn in_memory() -> FleetDb {
         FleetDb {
-            conn: Mutex::new(db::open_in_memory(MIGRATIONS).unwrap()),
+            conn: Mutex::new(db::open_in_memory(MIGRATIONS).expect("the migrations apply to an empty database")),
         }
     }
 
@@ -238,14 +285,22 @@ impl FleetDb {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Every row `sql` selects with `params`, each made by `row`.
+    fn query<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(sql)?;
+        let rows = stmt.query_map(params, row)?.collect::<std::result::Result<_, _>>()?;
+        Ok(rows)
+    }
+
     /// Every node, by name.
     pub fn nodes(&self) -> Result<Vec<NodeRow>> {
-        let conn = self.conn();
-        let rows = conn
-            .prepare(&format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY name"))?
-            .query_map([], node_row)?
-            .collect::<std::result::Result<_, _>>()?;
-        Ok(rows)
+        self.query(&format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY name"), [], node_row)
     }
 
     /// Writes nodes (insert or replace) in one transaction.
@@ -268,12 +323,12 @@ impl FleetDb {
                     n.registered_at,
                     n.last_seen,
                     n.cpus,
-                    n.cpu_load,
-                    n.memory_total as i64,
-                    n.memory_available as i64,
-                    n.disk_total as i64,
-                    n.disk_available as i64,
-                    n.containers
+                    n.load.cpu_load,
+                    n.load.memory_total as i64,
+                    n.load.memory_available as i64,
+                    n.load.disk_total as i64,
+                    n.load.disk_available as i64,
+                    n.load.containers
                 ])?;
             }
         }
@@ -288,13 +343,21 @@ impl FleetDb {
 
     /// Every placement, by service.
     pub fn placements(&self) -> Result<Vec<PlacementRow>> {
-        let conn = self.conn();
-        let rows: Vec<(String, String, String, String, String, String, i64)> = conn
-            .prepare(
-                "SELECT service, node, definition, state, detail, request_id, updated_at FROM placements ORDER BY service",
-            )?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
-            .collect::<std::result::Result<_, _>>()?;
+        let rows: Vec<(String, String, String, String, String, String, i64)> = self.query(
+            "SELECT service, node, definition, state, detail, request_id, updated_at FROM placements ORDER BY service",
+            [],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            },
+        )?;
         rows.into_iter()
             .map(|(service, node, definition, state, detail, request_id, updated_at)| {
                 let def = serde_json::from_str(&definition)
@@ -364,21 +427,18 @@ impl FleetDb {
 
     /// Every DNS record: (name, type, value, ttl, node, service).
     pub fn dns_records(&self) -> Result<Vec<DnsRow>> {
-        let conn = self.conn();
-        let rows = conn
-            .prepare("SELECT name, type, value, ttl, node, service FROM dns_records ORDER BY name, value")?
-            .query_map([], |r| {
-                Ok(DnsRow {
-                    name: r.get(0)?,
-                    kind: r.get(1)?,
-                    value: r.get(2)?,
-                    ttl: r.get(3)?,
-                    node: r.get(4)?,
-                    service: r.get(5)?,
-                })
-            })?
-            .collect::<std::result::Result<_, _>>()?;
-        Ok(rows)
+        self.query(
+            "SELECT name, type, value, ttl, node, service FROM dns_records ORDER BY name, value",
+            [],
+            columns!(DnsRow {
+                name,
+                kind,
+                value,
+                ttl,
+                node,
+                service
+            }),
+        )
     }
 
     /// Records (insert or replace) an edge route.
@@ -410,25 +470,20 @@ impl FleetDb {
 
     /// Every edge route, by hostname.
     pub fn edge_routes(&self) -> Result<Vec<EdgeRow>> {
-        let conn = self.conn();
-        let rows = conn
-            .prepare(
-                "SELECT hostname, service, edge_node, backend_hostname, backend_port, cert_serial, cert_expires_at
-                 FROM edge_routes ORDER BY hostname",
-            )?
-            .query_map([], |r| {
-                Ok(EdgeRow {
-                    hostname: r.get(0)?,
-                    service: r.get(1)?,
-                    edge_node: r.get(2)?,
-                    backend_hostname: r.get(3)?,
-                    backend_port: r.get(4)?,
-                    cert_serial: r.get(5)?,
-                    cert_expires_at: r.get(6)?,
-                })
-            })?
-            .collect::<std::result::Result<_, _>>()?;
-        Ok(rows)
+        self.query(
+            "SELECT hostname, service, edge_node, backend_hostname, backend_port, cert_serial, cert_expires_at
+             FROM edge_routes ORDER BY hostname",
+            [],
+            columns!(EdgeRow {
+                hostname,
+                service,
+                edge_node,
+                backend_hostname,
+                backend_port,
+                cert_serial,
+                cert_expires_at
+            }),
+        )
     }
 
     /// Stores a new join token (hash of its secret only).
@@ -496,26 +551,21 @@ impl FleetDb {
 
     /// Snapshots of `service` (all services when `None`), oldest first.
     pub fn snapshots(&self, service: Option<&str>) -> Result<Vec<SnapshotRow>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
+        self.query(
             "SELECT id, service, name, path, sha256, size, created_at, node FROM snapshots \
              WHERE ?1 IS NULL OR service = ?1 ORDER BY service, name",
-        )?;
-        let rows = stmt
-            .query_map([service], |r| {
-                Ok(SnapshotRow {
-                    id: r.get(0)?,
-                    service: r.get(1)?,
-                    name: r.get(2)?,
-                    path: r.get(3)?,
-                    sha256: r.get(4)?,
-                    size: r.get::<_, i64>(5)? as u64,
-                    created_at: r.get(6)?,
-                    node: r.get(7)?,
-                })
-            })?
-            .collect::<std::result::Result<_, _>>()?;
-        Ok(rows)
+            [service],
+            columns!(SnapshotRow {
+                id,
+                service,
+                name,
+                path,
+                sha256,
+                size as i64,
+                created_at,
+                node
+            }),
+        )
     }
 
     /// Forgets a snapshot (its file is removed by the caller).
@@ -541,12 +591,14 @@ mod tests {
             registered_at: 1,
             last_seen: 2,
             cpus: 2,
-            cpu_load: 0.5,
-            memory_total: 10,
-            memory_available: 5,
-            disk_total: 100,
-            disk_available: 50,
-            containers: 3,
+            load: NodeLoad {
+                cpu_load: 0.5,
+                memory_total: 10,
+                memory_available: 5,
+                disk_total: 100,
+                disk_available: 50,
+                containers: 3,
+            },
         }
     }
 

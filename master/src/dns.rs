@@ -38,11 +38,14 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hickory_server::proto::rr::rdata::{A, NS, SOA};
-use hickory_server::proto::rr::{Name, RData, Record};
+// hickory's DNS message types: the DNS wire format, nothing of mcp's gRPC.
+use hickory_server::proto as dns_wire;
 
-pub use hickory_server::proto::op::ResponseCode;
-pub use hickory_server::proto::rr::RecordType;
+use dns_wire::rr::rdata::{A, NS, SOA};
+use dns_wire::rr::{Name, RData, Record};
+
+pub use dns_wire::op::ResponseCode;
+pub use dns_wire::rr::RecordType;
 pub use server::{MAX_UDP_PAYLOAD, serve};
 
 /// Default internal zone (SPEC §4 step 5).

@@ -7,18 +7,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use mcp_infra::config::LogSection;
+use mcp_infra::daemon::{ClientCertArgs, OperatorArgs};
 use mcp_infra::pki::{Ca, LeafRequest};
-use mcp_infra::tls::{AuthzLayer, TlsFiles};
-use mcp_master::config::{
-    HeartbeatSection, MasterConfig, MasterSection, ReconcileSection, RegistrationSection, TimeoutsSection,
-};
-use mcp_master::db::FleetDb;
-use mcp_master::fleet::Master;
-use mcp_master::server::{MasterService, RegistrationService};
+use mcp_infra::tls::{AuthzLayer, CertStore, TlsFiles};
+use mcp_infra::worker::{Backoff, Handle, Next, Schedule, Shutdown, Worker};
+use mcp_master::config::{MasterConfig, MasterSection};
+use mcp_master::db::{FleetDb, now};
+use mcp_master::fleet::Fleet;
+use mcp_master::rpc::{self, agent::GrpcAgents};
+use mcp_master::{certs, health, metrics, reconcile, snapshots};
 use mcp_model::identity::Identity;
-use mcp_proto::mcp_master_service_server::McpMasterServiceServer;
-use mcp_proto::mcp_registration_service_server::McpRegistrationServiceServer;
 
 #[derive(Parser)]
 #[command(name = "mcp-master", version = mcp_infra::LONG_VERSION, about = "mcp fleet master")]
@@ -38,7 +36,7 @@ enum Command {
     /// configuration (existing CA and configuration are kept).
     Init(InitArgs),
     /// Issue a certificate from the fleet CA (operators: human/<name>).
-    IssueCert(IssueArgs),
+    IssueCert(ClientCertArgs),
 }
 
 #[derive(clap::Args)]
@@ -55,48 +53,24 @@ struct InitArgs {
     /// Names and addresses the master is reached by (certificate SANs).
     #[arg(long = "san")]
     sans: Vec<String>,
-    /// Also issue an operator certificate (human/<name>) into --operator-dir.
-    #[arg(long)]
-    operator: Option<String>,
-    #[arg(long)]
-    operator_dir: Option<PathBuf>,
+    #[command(flatten)]
+    operator: OperatorArgs,
     /// Rewrite an existing configuration file.
     #[arg(long)]
     force: bool,
 }
 
-#[derive(clap::Args)]
-struct IssueArgs {
-    /// human/<name>, master or agent/<name>.
-    #[arg(long)]
-    identity: String,
-    /// Output directory: cert.pem, key.pem (0600), ca.pem.
-    #[arg(long)]
-    out: PathBuf,
-    #[arg(long, default_value_t = 365)]
-    days: i64,
-}
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Run) {
-        Command::Run => run(&cli.config),
-        Command::Init(a) => init(&cli.config, a),
-        Command::IssueCert(a) => issue(&cli.config, a),
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mcp-master: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    mcp_infra::daemon::exit_code("mcp-master", dispatch(cli))
 }
 
-fn write_client(ca: &Ca, identity: Identity, out: &Path, days: i64) -> Result<()> {
-    ca.write_client(&identity, out, days)?;
-    println!("issued {identity} certificate in {}", out.display());
-    Ok(())
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(&cli.config),
+        Command::IssueCert(a) => issue(&cli.config, a),
+        Command::Init(a) => init(&cli.config, a),
+    }
 }
 
 fn init(config: &Path, a: InitArgs) -> Result<()> {
@@ -123,55 +97,29 @@ fn init(config: &Path, a: InitArgs) -> Result<()> {
     })?
     .write(&cert, &key)?;
     println!("issued mcp-master certificate: {}", cert.display());
-    if config.exists() && !a.force {
-        println!(
-            "kept existing configuration {} (use --force to rewrite)",
-            config.display()
-        );
-    } else {
-        let cfg = MasterConfig {
-            master: MasterSection {
-                node: a.node.clone(),
-                listen,
-                data_dir: a.data_dir.clone(),
-            },
-            tls: TlsFiles {
-                cert,
-                key,
-                ca: Ca::cert_path(&ca_dir),
-            },
-            timeouts: TimeoutsSection::default(),
-            heartbeat: HeartbeatSection::default(),
-            registration: RegistrationSection::default(),
-            reconcile: ReconcileSection::default(),
-            log: LogSection::default(),
-            mcias: None,
-            dns: Default::default(),
-            metrics: None,
-            snapshots: Default::default(),
-        };
-        mcp_infra::fsutil::write_atomic(config, toml::to_string_pretty(&cfg)?.as_bytes(), 0o600)?;
-        println!("wrote {}", config.display());
-    }
+    let master = MasterSection {
+        node: a.node.clone(),
+        listen,
+        data_dir: a.data_dir.clone(),
+    };
+    let tls = TlsFiles {
+        cert,
+        key,
+        ca: Ca::cert_path(&ca_dir),
+    };
+    mcp_infra::daemon::init_config(config, a.force, || MasterConfig::new(master, tls))?;
     FleetDb::open(&a.data_dir.join("fleet.db"))?;
-    match (a.operator, a.operator_dir) {
-        (Some(op), Some(dir)) => write_client(&ca, Identity::Human(op), &dir, 365)?,
-        (None, None) => {}
-        _ => anyhow::bail!("--operator and --operator-dir go together"),
+    if let Some((identity, dir)) = a.operator.issue(&ca)? {
+        println!("issued {identity} certificate in {}", dir.display());
     }
     Ok(())
 }
 
-fn issue(config: &Path, a: IssueArgs) -> Result<()> {
+fn issue(config: &Path, a: ClientCertArgs) -> Result<()> {
     let cfg = MasterConfig::load(config)?;
-    let identity = Identity::from_spec(&a.identity).with_context(|| {
-        format!(
-            "--identity {:?}: expected human/<name>, master or agent/<name>",
-            a.identity
-        )
-    })?;
-    let ca = Ca::load(&cfg.ca_dir())?;
-    write_client(&ca, identity, &a.out, a.days)
+    let identity = a.issue(&Ca::load(&cfg.ca_dir())?)?;
+    println!("issued {identity} certificate in {}", a.out.display());
+    Ok(())
 }
 
 fn run(config: &Path) -> Result<()> {
@@ -189,115 +137,121 @@ async fn serve(cfg: MasterConfig) -> Result<()> {
         Some(m) => AuthzLayer::with_tokens(Arc::new(mcp_infra::mcias::Mcias::new(m)?)),
         None => AuthzLayer::new(),
     };
-    let master = Arc::new(Master::new(cfg.clone(), db, ca)?);
-    mcp_master::metrics::start(&master).await?;
+    let agents = Arc::new(GrpcAgents::new(
+        cfg.tls.clone(),
+        Duration::from_secs(cfg.timeouts.health_check),
+    ));
+    let fleet = Arc::new(Fleet::new(cfg.clone(), db, ca, agents)?);
+    if let Some(m) = &cfg.metrics {
+        let f = fleet.clone();
+        let scrape = move || metrics::render(&f.nodes.all(), f.db.placements().ok().as_deref(), now());
+        metrics::start(m.listen, scrape)
+            .await
+            .with_context(|| format!("metrics.listen {}", m.listen))?;
+    }
 
     // Reconcile before serving, so the first answers reflect the fleet.
-    let report = master.reconcile().await?;
+    let report = reconcile::reconcile(&fleet).await?;
     tracing::info!(findings = report.len(), "reconciliation done");
 
     let listener = tokio::net::TcpListener::bind(cfg.master.listen)
         .await
         .with_context(|| format!("listen on {}", cfg.master.listen))?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop, shutdown) = Shutdown::new();
     let dns = if cfg.dns.listen.is_empty() {
         None
     } else {
-        let d = &cfg.dns;
-        let dns_cfg = d.clone();
-        let mut stop = stop_rx.clone();
-        let handle = mcp_master::dns::serve(dns_cfg, master.records.clone(), async move {
-            let _ = stop.changed().await;
+        let stopped = shutdown.clone();
+        let handle = mcp_master::dns::serve(cfg.dns.clone(), fleet.records.clone(), async move {
+            stopped.wait().await;
         })
         .await
-        .with_context(|| format!("dns on {:?}", d.listen))?;
+        .with_context(|| format!("dns on {:?}", cfg.dns.listen))?;
         Some(handle)
     };
-    let snapshots = snapshot_schedule(master.clone(), stop_rx.clone());
-    let loops = background(master.clone(), cert_store, stop_rx);
+    let workers = background(&fleet, cert_store, &shutdown);
     tracing::info!(listen = %cfg.master.listen, node = %cfg.master.node, version = mcp_infra::VERSION, "mcp-master serving");
-    let result = tonic::transport::Server::builder()
-        .layer(layer)
-        .add_service(McpMasterServiceServer::new(MasterService::new(master.clone())))
-        .add_service(McpRegistrationServiceServer::new(RegistrationService::new(
-            master.clone(),
-        )))
-        .serve_with_incoming_shutdown(mcp_infra::tls::incoming(listener, tls), shutdown())
-        .await;
-    let _ = stop_tx.send(true);
-    let _ = loops.await;
-    snapshots.abort();
+    let incoming = mcp_infra::tls::incoming(listener, tls);
+    let result = rpc::serve(fleet.clone(), layer, incoming, mcp_infra::daemon::stop_signal()).await;
+    stop.fire();
+    for w in workers {
+        let _ = w.join().await;
+    }
     if let Some(d) = dns {
         let _ = d.await;
     }
-    master.flush()?;
+    fleet.flush()?;
     tracing::info!("mcp-master stopped");
     Ok(result?)
 }
 
-/// Background work: batched node writes, health probes, certificate
-/// renewal. All stop when
-/// `stop` flips.
-fn background(
-    master: Arc<Master>,
-    cert: Arc<mcp_infra::tls::CertStore>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut flush = tokio::time::interval(Duration::from_secs(2));
-        let mut renew = tokio::time::interval(Duration::from_secs(3600));
-        let mut health = tokio::time::interval(Duration::from_secs(master.cfg.heartbeat.check_every.max(1)));
-        loop {
-            tokio::select! {
-                _ = flush.tick() => {
-                    // A commit can checkpoint the WAL, and that fsyncs (over
-                    // 100 ms seen on this disk): keep it off the async
-                    // workers, or requests queued behind it stall.
-                    let m = master.clone();
-                    match tokio::task::spawn_blocking(move || m.flush()).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::error!(error = %e, "cannot write node states"),
-                        Err(e) => tracing::error!(error = %e, "node state writer failed"),
-                    }
+/// Background work, each on its own schedule until `shutdown`: batched
+/// node writes, health probes, renewal of the master's certificate, and
+/// (when `[snapshots] schedule` is on) scheduled snapshots.
+fn background(fleet: &Arc<Fleet>, cert: Arc<CertStore>, shutdown: &Shutdown) -> Vec<Handle> {
+    let f = fleet.clone();
+    let flush = Worker::new(
+        "node-writer",
+        Schedule::every(Duration::from_secs(2)).immediately(),
+        move || {
+            let f = f.clone();
+            async move {
+                // A commit can checkpoint the WAL, and that fsyncs (over 100 ms
+                // seen on this disk): keep it off the async workers, or requests
+                // queued behind it stall.
+                match tokio::task::spawn_blocking(move || f.flush()).await {
+                    Ok(Ok(())) => Ok(Next::Period),
+                    Ok(Err(e)) => Err(format!("cannot write node states: {e}").into()),
+                    Err(e) => Err(format!("node state writer failed: {e}").into()),
                 }
-                _ = health.tick() => master.check_health().await,
-                _ = renew.tick() => {
-                    if let Err(e) = master.renew_own_certificate(&cert) {
-                        tracing::error!(error = %e, "cannot renew the master certificate");
-                    }
+            }
+        },
+    );
+    let f = fleet.clone();
+    let every = Duration::from_secs(fleet.cfg.heartbeat.check_every.max(1));
+    let health = Worker::new("health", Schedule::every(every).immediately(), move || {
+        let f = f.clone();
+        async move {
+            health::check_health(&f).await;
+            Ok(Next::Period)
+        }
+    });
+    let f = fleet.clone();
+    let hour = Duration::from_secs(3600);
+    let renew_schedule = Schedule::every(hour)
+        .immediately()
+        .backoff(Backoff::new(Duration::from_secs(60), hour));
+    let renew = Worker::new("certificate-renewal", renew_schedule, move || {
+        let result = certs::renew_own_certificate(&f, &cert);
+        async move {
+            result
+                .map(|_| Next::Period)
+                .map_err(|e| format!("cannot renew the master certificate: {e}").into())
+        }
+    });
+    let mut handles = vec![
+        flush.spawn(shutdown.clone()),
+        health.spawn(shutdown.clone()),
+        renew.spawn(shutdown.clone()),
+    ];
+    if fleet.cfg.snapshots.interval().is_some() {
+        // Checked every minute in a task of its own: an archive that takes
+        // minutes holds up nothing else. The first check waits a minute:
+        // nodes register after a restart. A snapshot in progress at
+        // shutdown is abandoned: nothing is recorded before an archive is
+        // complete.
+        let f = fleet.clone();
+        let schedule = Schedule::every(Duration::from_secs(60)).abort_pass_on_shutdown();
+        let snapshots = Worker::new("snapshot-schedule", schedule, move || {
+            let f = f.clone();
+            async move {
+                match snapshots::scheduled(&f).await {
+                    Ok(()) => Ok(Next::Period),
+                    Err(e) => Err(format!("scheduled snapshots: cannot read placements: {e}").into()),
                 }
-                _ = stop.changed() => break,
             }
-        }
-    })
-}
-
-/// Scheduled snapshots (`[snapshots] schedule`), checked every minute in
-/// their own task: an archive that takes minutes holds up nothing else.
-fn snapshot_schedule(master: Arc<Master>, mut stop: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        if master.cfg.snapshots.interval().is_none() {
-            return;
-        }
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
-        // The first check waits a minute: nodes register after a restart.
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => master.scheduled_snapshots().await,
-                _ = stop.changed() => break,
-            }
-        }
-    })
-}
-
-async fn shutdown() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+        });
+        handles.push(snapshots.spawn(shutdown.clone()));
     }
-    tracing::info!("shutting down");
+    handles
 }

@@ -1,16 +1,16 @@
 //! The master's Prometheus metrics (`mcp_master_…`), served on `[metrics] listen`.
 //!
 //! Deploy and DNS counters are bumped where things happen; node and
-//! placement gauges are computed from the master's state at scrape time.
+//! placement gauges are computed from rows handed in at scrape time, so
+//! this module observes the fleet without knowing its types.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 
-use mcp_infra::metrics::{self as m, CounterFamily, GaugeFamily, HistogramFamily, Registry, labels};
-use mcp_proto as proto;
-use prost::Message;
+use mcp_infra::metrics::{self as m, CounterFamily, GaugeFamily, HistogramFamily, Registry, labels, register};
 
-use crate::fleet::{FleetError, Master};
+use crate::db::{NodeRow, PlacementRow};
+use crate::reports::Step;
 
 struct Metrics {
     registry: Registry,
@@ -26,92 +26,108 @@ struct Metrics {
     info: GaugeFamily,
 }
 
+/// Placement states, each exported even at 0.
+const PLACEMENT_STATES: [&str; 5] = ["deploying", "deployed", "failed", "stopped", "unknown"];
+
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    let mut registry = Registry::default();
+    let mut r = Registry::default();
     let x = Metrics {
-        deploys: Default::default(),
-        step_duration: m::seconds_histogram_family(),
-        dns_queries: Default::default(),
-        nodes: Default::default(),
-        node_healthy: Default::default(),
-        heartbeat_age: Default::default(),
-        node_disk_total: Default::default(),
-        node_disk_available: Default::default(),
-        placements: Default::default(),
-        info: Default::default(),
-        registry: Registry::default(),
+        deploys: register(
+            &mut r,
+            "mcp_master_deploys",
+            "Deploys coordinated by the master, by result (success, failed, rejected)",
+            CounterFamily::default(),
+        ),
+        step_duration: register(
+            &mut r,
+            "mcp_master_deploy_step_duration_seconds",
+            "Duration of deploy steps as reported by the agents (and the edge step), by step",
+            m::seconds_histogram_family(),
+        ),
+        dns_queries: register(
+            &mut r,
+            "mcp_master_dns_queries",
+            "DNS queries answered by the master's internal zone, by response code",
+            CounterFamily::default(),
+        ),
+        nodes: register(
+            &mut r,
+            "mcp_master_nodes",
+            "Nodes of the fleet, by status",
+            GaugeFamily::default(),
+        ),
+        node_healthy: register(
+            &mut r,
+            "mcp_master_node_healthy",
+            "1 when a node is healthy (heartbeating or answering probes), else 0, by node and role",
+            GaugeFamily::default(),
+        ),
+        heartbeat_age: register(
+            &mut r,
+            "mcp_master_node_heartbeat_age_seconds",
+            "Seconds since a node's last heartbeat or registration, by node",
+            GaugeFamily::default(),
+        ),
+        node_disk_total: register(
+            &mut r,
+            "mcp_master_node_disk_total_bytes",
+            "Disk size a node reported in its last heartbeat, by node",
+            GaugeFamily::default(),
+        ),
+        node_disk_available: register(
+            &mut r,
+            "mcp_master_node_disk_available_bytes",
+            "Disk space available a node reported in its last heartbeat, by node",
+            GaugeFamily::default(),
+        ),
+        placements: register(
+            &mut r,
+            "mcp_master_placements",
+            "Placed services, by placement state (deploying, deployed, failed, stopped, unknown)",
+            GaugeFamily::default(),
+        ),
+        info: register(
+            &mut r,
+            "mcp_master_build_info",
+            "Always 1; labels carry the master's version",
+            GaugeFamily::default(),
+        ),
+        registry: r,
     };
-    registry.register(
-        "mcp_master_deploys",
-        "Deploys coordinated by the master, by result (success, failed, rejected)",
-        x.deploys.clone(),
-    );
-    registry.register(
-        "mcp_master_deploy_step_duration_seconds",
-        "Duration of deploy steps as reported by the agents (and the edge step), by step",
-        x.step_duration.clone(),
-    );
-    registry.register(
-        "mcp_master_dns_queries",
-        "DNS queries answered by the master's internal zone, by response code",
-        x.dns_queries.clone(),
-    );
-    registry.register("mcp_master_nodes", "Nodes of the fleet, by status", x.nodes.clone());
-    registry.register(
-        "mcp_master_node_healthy",
-        "1 when a node is healthy (heartbeating or answering probes), else 0, by node and role",
-        x.node_healthy.clone(),
-    );
-    registry.register(
-        "mcp_master_node_heartbeat_age_seconds",
-        "Seconds since a node's last heartbeat or registration, by node",
-        x.heartbeat_age.clone(),
-    );
-    registry.register(
-        "mcp_master_node_disk_total_bytes",
-        "Disk size a node reported in its last heartbeat, by node",
-        x.node_disk_total.clone(),
-    );
-    registry.register(
-        "mcp_master_node_disk_available_bytes",
-        "Disk space available a node reported in its last heartbeat, by node",
-        x.node_disk_available.clone(),
-    );
-    registry.register(
-        "mcp_master_placements",
-        "Placed services, by placement state (deploying, deployed, failed, stopped, unknown)",
-        x.placements.clone(),
-    );
-    registry.register(
-        "mcp_master_build_info",
-        "Always 1; labels carry the master's version",
-        x.info.clone(),
-    );
     // Every result from the start, so `increase()` sees the first one.
-    for r in ["success", "failed", "rejected"] {
-        let _ = x.deploys.get_or_create(&labels(&[("result", r)]));
+    for result in [DeployResult::Success, DeployResult::Failed, DeployResult::Rejected] {
+        let _ = x.deploys.get_or_create(&labels(&[("result", result.label())]));
     }
-    Metrics { registry, ..x }
+    x
 });
 
-/// Counts a finished deploy and observes the durations of the steps the
-/// agent (and the edge) reported, on success and on a failed step alike.
-pub fn deploy_finished(result: &Result<proto::FleetOperationResponse, FleetError>) {
-    let (label, steps) = match result {
-        Ok(r) => (
-            "success",
-            r.result.as_ref().map(|o| o.steps.clone()).unwrap_or_default(),
-        ),
-        Err(FleetError::Invalid(_) | FleetError::Precondition(_) | FleetError::NotFound(_)) => ("rejected", Vec::new()),
-        Err(FleetError::Agent { status, .. }) => (
-            "failed",
-            proto::OperationResponse::decode(status.details())
-                .map(|o| o.steps)
-                .unwrap_or_default(),
-        ),
-        Err(_) => ("failed", Vec::new()),
-    };
-    METRICS.deploys.get_or_create(&labels(&[("result", label)])).inc();
+/// How a deploy the master coordinated ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeployResult {
+    Success,
+    /// The agent failed it, or it could not be sent.
+    Failed,
+    /// Refused before anything was sent (bad input, fleet state).
+    Rejected,
+}
+
+impl DeployResult {
+    fn label(self) -> &'static str {
+        match self {
+            DeployResult::Success => "success",
+            DeployResult::Failed => "failed",
+            DeployResult::Rejected => "rejected",
+        }
+    }
+}
+
+/// Counts a finished deploy and observes the durations of the steps that
+/// ran (the agent's and the edge step), on success and on a failed step alike.
+pub fn deploy_finished(result: DeployResult, steps: &[Step]) {
+    METRICS
+        .deploys
+        .get_or_create(&labels(&[("result", result.label())]))
+        .inc();
     for s in steps.iter().filter(|s| !s.skipped) {
         METRICS
             .step_duration
@@ -125,8 +141,9 @@ pub fn dns_query(rcode: &str) {
     METRICS.dns_queries.get_or_create(&labels(&[("rcode", rcode)])).inc();
 }
 
-/// Refreshes the scrape-time gauges and encodes everything.
-pub fn render(master: &Master) -> String {
+/// Refreshes the scrape-time gauges from `nodes` and (when they could be
+/// read) `placements` at `now` (Unix seconds), and encodes everything.
+pub fn render(nodes: &[NodeRow], placements: Option<&[PlacementRow]>, now: i64) -> String {
     let x = &*METRICS;
     x.info
         .get_or_create(&labels(&[
@@ -134,14 +151,12 @@ pub fn render(master: &Master) -> String {
             ("commit", mcp_infra::GIT_COMMIT),
         ]))
         .set(1.0);
-    let now = crate::db::now();
-    let nodes = master.nodes();
     x.node_healthy.clear();
     x.heartbeat_age.clear();
     x.node_disk_total.clear();
     x.node_disk_available.clear();
     let mut healthy = 0;
-    for n in &nodes {
+    for n in nodes {
         healthy += usize::from(n.healthy);
         let node = labels(&[("node", &n.name)]);
         x.node_healthy
@@ -150,8 +165,10 @@ pub fn render(master: &Master) -> String {
         x.heartbeat_age
             .get_or_create(&node)
             .set((now - n.last_seen).max(0) as f64);
-        x.node_disk_total.get_or_create(&node).set(n.disk_total as f64);
-        x.node_disk_available.get_or_create(&node).set(n.disk_available as f64);
+        x.node_disk_total.get_or_create(&node).set(n.load.disk_total as f64);
+        x.node_disk_available
+            .get_or_create(&node)
+            .set(n.load.disk_available as f64);
     }
     x.nodes
         .get_or_create(&labels(&[("status", "healthy")]))
@@ -159,9 +176,9 @@ pub fn render(master: &Master) -> String {
     x.nodes
         .get_or_create(&labels(&[("status", "unhealthy")]))
         .set((nodes.len() - healthy) as f64);
-    if let Ok(placements) = master.db.placements() {
+    if let Some(placements) = placements {
         x.placements.clear();
-        for state in ["deploying", "deployed", "failed", "stopped", "unknown"] {
+        for state in PLACEMENT_STATES {
             x.placements.get_or_create(&labels(&[("state", state)])).set(0.0);
         }
         for p in placements {
@@ -171,18 +188,16 @@ pub fn render(master: &Master) -> String {
     m::encode(&x.registry)
 }
 
-/// Starts the metrics listener when `[metrics]` is configured.
-pub async fn start(master: &Arc<Master>) -> anyhow::Result<Option<SocketAddr>> {
-    let Some(cfg) = &master.cfg.metrics else {
-        return Ok(None);
-    };
-    let mm = master.clone();
+/// Starts the metrics listener on `listen`, answering every scrape with
+/// what `scrape` renders; returns the bound address.
+pub async fn start(
+    listen: SocketAddr,
+    scrape: impl Fn() -> String + Send + Sync + 'static,
+) -> std::io::Result<SocketAddr> {
+    let scrape = Arc::new(scrape);
     let render: m::Render = Arc::new(move || {
-        let text = render(&mm);
+        let text = scrape();
         Box::pin(async move { text })
     });
-    let addr = m::start(cfg.listen, render)
-        .await
-        .map_err(|e| anyhow::anyhow!("metrics.listen {}: {e}", cfg.listen))?;
-    Ok(Some(addr))
+    m::start(listen, render).await
 }
