@@ -15,6 +15,7 @@ use mcp_agent::rpc::server::AgentService;
 use mcp_agent::runtime::ContainerRuntime;
 use mcp_agent::runtime::podman::{self, Podman};
 use mcp_infra::config::LogSection;
+use mcp_infra::daemon::{ClientCertArgs, OperatorArgs};
 use mcp_infra::pki::{Ca, LeafRequest};
 use mcp_infra::tls::TlsFiles;
 use mcp_model::identity::Identity;
@@ -56,35 +57,19 @@ struct JoinArgs {
     /// Role of this node: worker, edge or master.
     #[arg(long, default_value = "worker")]
     role: String,
-    /// gRPC listen address.
-    #[arg(long, default_value = "0.0.0.0:9444")]
-    listen: String,
-    /// Address others use to reach this node.
-    #[arg(long, default_value = "127.0.0.1")]
-    address: String,
     /// host:port the master dials (default <address>:<listen port>).
     #[arg(long)]
     advertise: Option<String>,
-    /// State directory (registry, certificates).
-    #[arg(long, default_value = "/srv/mcp")]
-    data_dir: PathBuf,
-    /// podman API socket; default $XDG_RUNTIME_DIR/podman/podman.sock.
-    #[arg(long)]
-    podman_socket: Option<PathBuf>,
-    #[arg(long, default_value_t = 10000)]
-    port_min: u16,
-    #[arg(long, default_value_t = 60000)]
-    port_max: u16,
+    #[command(flatten)]
+    node: NodeFlags,
     /// Replace an existing configuration (re-joining a reinstalled node).
     #[arg(long)]
     force: bool,
 }
 
+/// What `init` and `join` both ask of the node they configure.
 #[derive(clap::Args)]
-struct InitArgs {
-    /// Node name (the agent's identity is agent-<name>).
-    #[arg(long)]
-    name: String,
+struct NodeFlags {
     /// gRPC listen address.
     #[arg(long, default_value = "0.0.0.0:9444")]
     listen: String,
@@ -94,9 +79,6 @@ struct InitArgs {
     /// State directory (registry, certificates).
     #[arg(long, default_value = "/srv/mcp")]
     data_dir: PathBuf,
-    /// Directory of the CA (created if missing); default <data-dir>/ca.
-    #[arg(long)]
-    ca_dir: Option<PathBuf>,
     /// podman API socket; default $XDG_RUNTIME_DIR/podman/podman.sock.
     #[arg(long)]
     podman_socket: Option<PathBuf>,
@@ -106,12 +88,20 @@ struct InitArgs {
     /// Highest host port handed to routes.
     #[arg(long, default_value_t = 60000)]
     port_max: u16,
-    /// Also issue a client certificate for this operator (human/<name>).
+}
+
+#[derive(clap::Args)]
+struct InitArgs {
+    /// Node name (the agent's identity is agent-<name>).
     #[arg(long)]
-    operator: Option<String>,
-    /// Where to write the operator's certificate, key and CA.
+    name: String,
+    #[command(flatten)]
+    node: NodeFlags,
+    /// Directory of the CA (created if missing); default <data-dir>/ca.
     #[arg(long)]
-    operator_dir: Option<PathBuf>,
+    ca_dir: Option<PathBuf>,
+    #[command(flatten)]
+    operator: OperatorArgs,
     /// Overwrite an existing configuration file.
     #[arg(long)]
     force: bool,
@@ -122,15 +112,8 @@ struct IssueArgs {
     /// Directory of the CA.
     #[arg(long)]
     ca_dir: PathBuf,
-    /// Identity: human/<name>, master or agent/<name>.
-    #[arg(long)]
-    identity: String,
-    /// Output directory: cert.pem, key.pem, ca.pem.
-    #[arg(long)]
-    out: PathBuf,
-    /// Validity in days.
-    #[arg(long, default_value_t = 365)]
-    days: i64,
+    #[command(flatten)]
+    cert: ClientCertArgs,
 }
 
 fn main() -> std::process::ExitCode {
@@ -141,78 +124,40 @@ fn main() -> std::process::ExitCode {
         Command::IssueCert(a) => issue(a),
         Command::Join(a) => join(&cli.config, a),
     };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mcp-agent: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-fn write_client(ca: &Ca, identity: Identity, out: &Path, days: i64) -> Result<()> {
-    ca.write_client(&identity, out, days)?;
-    println!("issued {identity} certificate in {}", out.display());
-    Ok(())
+    mcp_infra::daemon::exit_code("mcp-agent", result)
 }
 
 fn issue(a: IssueArgs) -> Result<()> {
-    let identity = Identity::from_spec(&a.identity).with_context(|| {
-        format!(
-            "--identity {:?}: expected human/<name>, master or agent/<name>",
-            a.identity
-        )
-    })?;
     let ca = Ca::load(&a.ca_dir)?;
-    write_client(&ca, identity, &a.out, a.days)
+    let identity = a.cert.issue(&ca)?;
+    println!("issued {identity} certificate in {}", a.cert.out.display());
+    Ok(())
 }
 
 fn init(config: &Path, a: InitArgs) -> Result<()> {
     mcp_model::service::check_name(&a.name).map_err(|r| anyhow::anyhow!("--name: {r}"))?;
-    let listen = a.listen.parse().with_context(|| format!("--listen {:?}", a.listen))?;
-    let ca_dir = a.ca_dir.clone().unwrap_or_else(|| a.data_dir.join("ca"));
-    let tls_dir = a.data_dir.join("tls");
-    mcp_infra::fsutil::private_dir(&a.data_dir)?;
+    let ca_dir = a.ca_dir.clone().unwrap_or_else(|| a.node.data_dir.join("ca"));
+    let tls_dir = a.node.data_dir.join("tls");
+    let tls = TlsFiles {
+        cert: tls_dir.join("agent.pem"),
+        key: tls_dir.join("agent.key"),
+        ca: Ca::cert_path(&ca_dir),
+    };
+    let cfg = node_config(&a.name, &a.node, tls.clone(), None)?;
+    mcp_infra::fsutil::private_dir(&a.node.data_dir)?;
     let ca = Ca::load_or_create(&ca_dir, "mcp")?;
-    let cert = tls_dir.join("agent.pem");
-    let key = tls_dir.join("agent.key");
-    let (dns, ips) = node_names(&a.name, &a.address);
+    let (dns, ips) = node_names(&a.name, &a.node.address);
     ca.issue(&LeafRequest {
         identity: Some(Identity::Agent(a.name.clone())),
         dns_names: dns,
         ips,
         days: 365,
     })?
-    .write(&cert, &key)?;
-    println!("issued agent-{} certificate: {}", a.name, cert.display());
-    if config.exists() && !a.force {
-        println!(
-            "kept existing configuration {} (use --force to rewrite)",
-            config.display()
-        );
-    } else {
-        let tls = TlsFiles {
-            cert,
-            key,
-            ca: Ca::cert_path(&ca_dir),
-        };
-        let node = NodeArgs {
-            name: a.name.clone(),
-            listen,
-            address: a.address.clone(),
-            data_dir: a.data_dir.clone(),
-            podman_socket: a.podman_socket.clone(),
-            ports: (a.port_min, a.port_max),
-        };
-        let cfg = node_config(node, tls, None);
-        let text = toml::to_string_pretty(&cfg)?;
-        mcp_infra::fsutil::write_atomic(config, text.as_bytes(), 0o600)?;
-        println!("wrote {}", config.display());
-    }
-    match (a.operator, a.operator_dir) {
-        (Some(op), Some(dir)) => write_client(&ca, Identity::Human(op), &dir, 365)?,
-        (None, None) => {}
-        _ => bail!("--operator and --operator-dir go together"),
+    .write(&tls.cert, &tls.key)?;
+    println!("issued agent-{} certificate: {}", a.name, tls.cert.display());
+    mcp_infra::daemon::init_config(config, a.force, || cfg)?;
+    if let Some((identity, dir)) = a.operator.issue(&ca)? {
+        println!("issued {identity} certificate in {}", dir.display());
     }
     Ok(())
 }
@@ -225,15 +170,15 @@ fn join(config: &Path, a: JoinArgs) -> Result<()> {
             config.display()
         );
     }
-    let listen: std::net::SocketAddr = a.listen.parse().with_context(|| format!("--listen {:?}", a.listen))?;
-    let (dns, ips) = node_names(&token.node, &a.address);
+    let (dns, ips) = node_names(&token.node, &a.node.address);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let joined = rt.block_on(mcp_agent::link::join(&a.master, &token, dns, ips))?;
-    mcp_infra::fsutil::private_dir(&a.data_dir)?;
+    let data_dir = &a.node.data_dir;
+    mcp_infra::fsutil::private_dir(data_dir)?;
     let tls = TlsFiles {
-        cert: a.data_dir.join("tls/agent.pem"),
-        key: a.data_dir.join("tls/agent.key"),
-        ca: a.data_dir.join("tls/ca.pem"),
+        cert: data_dir.join("tls/agent.pem"),
+        key: data_dir.join("tls/agent.key"),
+        ca: data_dir.join("tls/ca.pem"),
     };
     mcp_infra::pki::Issued {
         chain_pem: joined.chain_pem,
@@ -241,20 +186,12 @@ fn join(config: &Path, a: JoinArgs) -> Result<()> {
     }
     .write(&tls.cert, &tls.key)?;
     mcp_infra::fsutil::write_atomic(&tls.ca, joined.ca_pem.as_bytes(), 0o644)?;
-    let node = NodeArgs {
-        name: token.node.clone(),
-        listen,
-        address: a.address,
-        data_dir: a.data_dir,
-        podman_socket: a.podman_socket,
-        ports: (a.port_min, a.port_max),
-    };
     let master = mcp_agent::config::AgentMasterSection {
         address: a.master,
         role: a.role,
         advertise: a.advertise,
     };
-    let cfg = node_config(node, tls, Some(master));
+    let cfg = node_config(&token.node, &a.node, tls, Some(master))?;
     mcp_infra::fsutil::write_atomic(config, toml::to_string_pretty(&cfg)?.as_bytes(), 0o600)?;
     println!("joined the fleet as agent-{}; wrote {}", token.node, config.display());
     Ok(())
@@ -273,34 +210,33 @@ fn node_names(name: &str, address: &str) -> (Vec<String>, Vec<IpAddr>) {
     (dns, ips)
 }
 
-/// What `init` and `join` know of the node they configure.
-struct NodeArgs {
-    name: String,
-    listen: std::net::SocketAddr,
-    address: String,
-    data_dir: PathBuf,
-    podman_socket: Option<PathBuf>,
-    ports: (u16, u16),
-}
-
 /// A new node's configuration: every section not given at its default.
-fn node_config(node: NodeArgs, tls: TlsFiles, master: Option<mcp_agent::config::AgentMasterSection>) -> AgentConfig {
-    AgentConfig {
+fn node_config(
+    name: &str,
+    node: &NodeFlags,
+    tls: TlsFiles,
+    master: Option<mcp_agent::config::AgentMasterSection>,
+) -> Result<AgentConfig> {
+    let listen = node
+        .listen
+        .parse()
+        .with_context(|| format!("--listen {:?}", node.listen))?;
+    Ok(AgentConfig {
         agent: AgentSection {
-            name: node.name,
-            listen: node.listen,
-            address: node.address,
-            data_dir: node.data_dir,
+            name: name.to_string(),
+            listen,
+            address: node.address.clone(),
+            data_dir: node.data_dir.clone(),
             volumes_root: None,
         },
         tls,
         podman: PodmanSection {
-            socket: node.podman_socket,
+            socket: node.podman_socket.clone(),
             ..Default::default()
         },
         ports: PortsSection {
-            min: node.ports.0,
-            max: node.ports.1,
+            min: node.port_min,
+            max: node.port_max,
         },
         log: LogSection::default(),
         master,
@@ -313,7 +249,7 @@ fn node_config(node: NodeArgs, tls: TlsFiles, master: Option<mcp_agent::config::
         boot: Default::default(),
         metacrypt: None,
         metrics: None,
-    }
+    })
 }
 
 fn run(config: &Path) -> Result<()> {
@@ -383,7 +319,10 @@ async fn serve(cfg: AgentConfig) -> Result<()> {
     tonic::transport::Server::builder()
         .layer(layer)
         .add_service(svc)
-        .serve_with_incoming_shutdown(mcp_infra::tls::incoming(listener, tls), shutdown())
+        .serve_with_incoming_shutdown(
+            mcp_infra::tls::incoming(listener, tls),
+            mcp_infra::daemon::stop_signal(),
+        )
         .await?;
     let _ = stop_tx.send(true);
     let _ = link.await;
@@ -440,15 +379,4 @@ fn platform(cfg: &AgentConfig) -> Result<Platform> {
         });
     }
     Ok(p)
-}
-
-async fn shutdown() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
-    tracing::info!("shutting down");
 }

@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 
-use mcp_infra::metrics::{self as m, CounterFamily, DeployMetrics, GaugeF64, GaugeFamily, Registry, labels};
+use mcp_infra::metrics::{self as m, CounterFamily, DeployMetrics, GaugeF64, GaugeFamily, Registry, labels, register};
 
 use crate::handle::Agent;
 use crate::outcome::{OpError, Outcome};
@@ -32,10 +32,10 @@ struct Metrics {
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    let mut registry = Registry::default();
-    let x = Metrics {
+    let mut r = Registry::default();
+    Metrics {
         deploys: DeployMetrics::register(
-            &mut registry,
+            &mut r,
             "mcp_agent",
             &["success", "unchanged", "failed", "rejected"],
             (
@@ -43,75 +43,74 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
                 "Duration of the deploy pipeline's steps that ran (not skipped), by step",
             ),
         ),
-        restarts: Default::default(),
-        drift: Default::default(),
-        flaps: Default::default(),
-        repairs: Default::default(),
-        proxy_connections: Default::default(),
-        proxy_requests: Default::default(),
-        cert_expiry: Default::default(),
-        container_up: Default::default(),
-        disk_total: Default::default(),
-        disk_available: Default::default(),
-        info: Default::default(),
-        registry: Registry::default(),
-    };
-    registry.register(
-        "mcp_agent_container_restarts",
-        "Containers restarted by the agent's monitor, by service and component",
-        x.restarts.clone(),
-    );
-    registry.register(
-        "mcp_agent_drift_events",
-        "Drift detected between the registry and podman, by service, component and kind (missing, exited, image, ports)",
-        x.drift.clone(),
-    );
-    registry.register(
-        "mcp_agent_flap_events",
-        "Components found flapping (restarting too often), by service and component",
-        x.flaps.clone(),
-    );
-    registry.register(
-        "mcp_agent_repairs",
-        "Repairs of drifted components, by service and component",
-        x.repairs.clone(),
-    );
-    registry.register(
-        "mcp_agent_proxy_connections",
-        "Connections accepted by the built-in proxy for a route, by route hostname and mode (l4, l7)",
-        x.proxy_connections.clone(),
-    );
-    registry.register(
-        "mcp_agent_proxy_requests",
-        "HTTP requests answered by the built-in proxy's L7 routes, by route hostname (empty: no route) and status code",
-        x.proxy_requests.clone(),
-    );
-    registry.register(
-        "mcp_agent_cert_expiry_seconds",
-        "Seconds until a certificate expires (negative: expired), by kind (service, agent) and name",
-        x.cert_expiry.clone(),
-    );
-    registry.register(
-        "mcp_agent_container_up",
-        "1 when a component that should run is running, else 0, by service and component",
-        x.container_up.clone(),
-    );
-    registry.register(
-        "mcp_agent_disk_total_bytes",
-        "Size of the filesystem holding the agent's data directory",
-        x.disk_total.clone(),
-    );
-    registry.register(
-        "mcp_agent_disk_available_bytes",
-        "Bytes available to the agent on the filesystem holding its data directory",
-        x.disk_available.clone(),
-    );
-    registry.register(
-        "mcp_agent_build_info",
-        "Always 1; labels carry the agent's node name and version",
-        x.info.clone(),
-    );
-    Metrics { registry, ..x }
+        restarts: register(
+            &mut r,
+            "mcp_agent_container_restarts",
+            "Containers restarted by the agent's monitor, by service and component",
+            CounterFamily::default(),
+        ),
+        drift: register(
+            &mut r,
+            "mcp_agent_drift_events",
+            "Drift detected between the registry and podman, by service, component and kind (missing, exited, image, ports)",
+            CounterFamily::default(),
+        ),
+        flaps: register(
+            &mut r,
+            "mcp_agent_flap_events",
+            "Components found flapping (restarting too often), by service and component",
+            CounterFamily::default(),
+        ),
+        repairs: register(
+            &mut r,
+            "mcp_agent_repairs",
+            "Repairs of drifted components, by service and component",
+            CounterFamily::default(),
+        ),
+        proxy_connections: register(
+            &mut r,
+            "mcp_agent_proxy_connections",
+            "Connections accepted by the built-in proxy for a route, by route hostname and mode (l4, l7)",
+            CounterFamily::default(),
+        ),
+        proxy_requests: register(
+            &mut r,
+            "mcp_agent_proxy_requests",
+            "HTTP requests answered by the built-in proxy's L7 routes, by route hostname (empty: no route) and status code",
+            CounterFamily::default(),
+        ),
+        cert_expiry: register(
+            &mut r,
+            "mcp_agent_cert_expiry_seconds",
+            "Seconds until a certificate expires (negative: expired), by kind (service, agent) and name",
+            GaugeFamily::default(),
+        ),
+        container_up: register(
+            &mut r,
+            "mcp_agent_container_up",
+            "1 when a component that should run is running, else 0, by service and component",
+            GaugeFamily::default(),
+        ),
+        disk_total: register(
+            &mut r,
+            "mcp_agent_disk_total_bytes",
+            "Size of the filesystem holding the agent's data directory",
+            GaugeF64::default(),
+        ),
+        disk_available: register(
+            &mut r,
+            "mcp_agent_disk_available_bytes",
+            "Bytes available to the agent on the filesystem holding its data directory",
+            GaugeF64::default(),
+        ),
+        info: register(
+            &mut r,
+            "mcp_agent_build_info",
+            "Always 1; labels carry the agent's node name and version",
+            GaugeFamily::default(),
+        ),
+        registry: r,
+    }
 });
 
 /// Counts a finished deploy and observes the durations of its steps.

@@ -7,15 +7,14 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 
-use mcp_infra::metrics::{self as m, CounterFamily, GaugeFamily, HistogramFamily, Registry, labels, register};
+use mcp_infra::metrics::{self as m, CounterFamily, DeployMetrics, GaugeFamily, Registry, labels, register};
 
 use crate::db::{NodeRow, PlacementRow};
 use crate::reports::Step;
 
 struct Metrics {
     registry: Registry,
-    deploys: CounterFamily,
-    step_duration: HistogramFamily,
+    deploys: DeployMetrics,
     dns_queries: CounterFamily,
     nodes: GaugeFamily,
     node_healthy: GaugeFamily,
@@ -32,17 +31,18 @@ const PLACEMENT_STATES: [&str; 5] = ["deploying", "deployed", "failed", "stopped
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let mut r = Registry::default();
     let x = Metrics {
-        deploys: register(
+        deploys: DeployMetrics::register(
             &mut r,
-            "mcp_master_deploys",
-            "Deploys coordinated by the master, by result (success, failed, rejected)",
-            CounterFamily::default(),
-        ),
-        step_duration: register(
-            &mut r,
-            "mcp_master_deploy_step_duration_seconds",
-            "Duration of deploy steps as reported by the agents (and the edge step), by step",
-            m::seconds_histogram_family(),
+            "mcp_master",
+            &[
+                DeployResult::Success.label(),
+                DeployResult::Failed.label(),
+                DeployResult::Rejected.label(),
+            ],
+            (
+                "Deploys coordinated by the master, by result (success, failed, rejected)",
+                "Duration of deploy steps as reported by the agents (and the edge step), by step",
+            ),
         ),
         dns_queries: register(
             &mut r,
@@ -94,10 +94,6 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ),
         registry: r,
     };
-    // Every result from the start, so `increase()` sees the first one.
-    for result in [DeployResult::Success, DeployResult::Failed, DeployResult::Rejected] {
-        let _ = x.deploys.get_or_create(&labels(&[("result", result.label())]));
-    }
     x
 });
 
@@ -124,16 +120,10 @@ impl DeployResult {
 /// Counts a finished deploy and observes the durations of the steps that
 /// ran (the agent's and the edge step), on success and on a failed step alike.
 pub fn deploy_finished(result: DeployResult, steps: &[Step]) {
+    let ran = steps.iter().filter(|s| !s.skipped);
     METRICS
         .deploys
-        .get_or_create(&labels(&[("result", result.label())]))
-        .inc();
-    for s in steps.iter().filter(|s| !s.skipped) {
-        METRICS
-            .step_duration
-            .get_or_create(&labels(&[("step", &s.step)]))
-            .observe(s.duration_ms as f64 / 1000.0);
-    }
+        .record(result.label(), ran.map(|s| (s.step.as_str(), s.duration_ms)));
 }
 
 /// Counts a DNS answer by its response code (`NOERROR`, `NXDOMAIN`, …).
