@@ -15,9 +15,10 @@ use anyhow::{Context, Result};
 use mcp_model::service::ServiceDef;
 use serde_json::json;
 
-use crate::conn::Ctx;
+use crate::ctx::Ctx;
 use crate::defs::split_target;
-use crate::{UsageError, output, usage};
+use crate::error::{UsageError, usage};
+use crate::output;
 
 /// One image to build.
 struct Job {

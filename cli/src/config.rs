@@ -6,147 +6,93 @@ use std::path::{Path, PathBuf};
 use mcp_infra::config::ConfigError;
 use serde::{Deserialize, Serialize};
 
-/// `mcp` CLI configuration (`~/.config/mcp/mcp.toml`).
+/// `mcp` CLI configuration (`~/.config/mcp/mcp.toml`). A section or key
+/// left out takes its value from the `Default` impls (a `[[nodes]]` entry
+/// needs its name and address).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct CliConfig {
-    #[serde(default)]
     pub master: Option<MasterRef>,
-    #[serde(default)]
     pub auth: AuthSection,
-    #[serde(default)]
     pub services: ServicesSection,
-    #[serde(default)]
     pub nodes: Vec<NodeRef>,
-    #[serde(default)]
     pub ssh: SshSection,
-    #[serde(default)]
     pub upgrade: UpgradeSection,
-    #[serde(default)]
     pub provision: ProvisionSection,
 }
 
 /// `[ssh]`: how `mcp agent upgrade` and `mcp node provision` reach nodes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct SshSection {
     /// OpenSSH known_hosts file the host keys are checked against.
-    #[serde(default = "default_known_hosts")]
     pub known_hosts: PathBuf,
     /// Private key for public-key authentication (OpenSSH format).
-    #[serde(default = "default_ssh_identity")]
     pub identity: PathBuf,
     /// Seconds to wait for the TCP connection and the SSH handshake.
-    #[serde(default = "default_ssh_connect_timeout")]
     pub connect_timeout: u64,
-}
-
-fn default_known_hosts() -> PathBuf {
-    PathBuf::from("~/.ssh/known_hosts")
-}
-fn default_ssh_identity() -> PathBuf {
-    PathBuf::from("~/.ssh/id_ed25519")
-}
-fn default_ssh_connect_timeout() -> u64 {
-    10
 }
 
 impl Default for SshSection {
     fn default() -> Self {
         SshSection {
-            known_hosts: default_known_hosts(),
-            identity: default_ssh_identity(),
-            connect_timeout: default_ssh_connect_timeout(),
+            known_hosts: PathBuf::from("~/.ssh/known_hosts"),
+            identity: PathBuf::from("~/.ssh/id_ed25519"),
+            connect_timeout: 10,
         }
     }
 }
 
 /// `[upgrade]`: `mcp agent upgrade`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct UpgradeSection {
     /// Release directory with `<arch>/mcp-agent` (what `dev/release` writes).
-    #[serde(default = "default_dist")]
     pub dist: PathBuf,
     /// Nodes upgraded at the same time.
-    #[serde(default = "default_upgrade_parallel")]
     pub parallel: usize,
     /// Seconds to wait for a restarted agent to answer with the new version
     /// before rolling back.
-    #[serde(default = "default_upgrade_wait")]
     pub wait: u64,
-}
-
-fn default_dist() -> PathBuf {
-    PathBuf::from("dist")
-}
-fn default_upgrade_parallel() -> usize {
-    8
-}
-fn default_upgrade_wait() -> u64 {
-    60
 }
 
 impl Default for UpgradeSection {
     fn default() -> Self {
         UpgradeSection {
-            dist: default_dist(),
-            parallel: default_upgrade_parallel(),
-            wait: default_upgrade_wait(),
+            dist: PathBuf::from("dist"),
+            parallel: 8,
+            wait: 60,
         }
     }
 }
 
 /// `[provision]`: what `mcp node provision` sets up on a Debian host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ProvisionSection {
     /// The rootless podman user the agent runs as.
-    #[serde(default = "default_provision_user")]
     pub user: String,
     /// Its UID (pinned: a rootless user's UID is never changed).
-    #[serde(default = "default_provision_uid")]
     pub uid: u32,
     /// Debian packages the agent needs.
-    #[serde(default = "default_provision_packages")]
     pub packages: Vec<String>,
     /// Where the systemd unit is written.
-    #[serde(default = "default_unit_dir")]
     pub unit_dir: PathBuf,
     /// Resolver file that must list the fallback resolvers.
-    #[serde(default = "default_resolv_conf")]
     pub resolv_conf: PathBuf,
     /// Resolvers kept besides the internal DNS (SPEC §14).
-    #[serde(default)]
     pub fallback_dns: Vec<String>,
-}
-
-fn default_provision_user() -> String {
-    "mcp".into()
-}
-fn default_provision_uid() -> u32 {
-    850
-}
-fn default_provision_packages() -> Vec<String> {
-    ["podman", "uidmap", "slirp4netns", "fuse-overlayfs", "dbus-user-session"]
-        .map(String::from)
-        .to_vec()
-}
-fn default_unit_dir() -> PathBuf {
-    PathBuf::from("/etc/systemd/system")
-}
-fn default_resolv_conf() -> PathBuf {
-    PathBuf::from("/etc/resolv.conf")
 }
 
 impl Default for ProvisionSection {
     fn default() -> Self {
+        let packages = ["podman", "uidmap", "slirp4netns", "fuse-overlayfs", "dbus-user-session"];
         ProvisionSection {
-            user: default_provision_user(),
-            uid: default_provision_uid(),
-            packages: default_provision_packages(),
-            unit_dir: default_unit_dir(),
-            resolv_conf: default_resolv_conf(),
+            user: "mcp".into(),
+            uid: 850,
+            packages: packages.map(String::from).to_vec(),
+            unit_dir: PathBuf::from("/etc/systemd/system"),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
             fallback_dns: Vec::new(),
         }
     }
@@ -161,38 +107,29 @@ pub struct MasterRef {
 
 /// `[auth]`: the operator's credentials.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct AuthSection {
     /// Client certificate (chain) identifying the operator.
-    #[serde(default)]
     pub cert: Option<PathBuf>,
     /// Its private key (must be mode 0600).
-    #[serde(default)]
     pub key: Option<PathBuf>,
     /// CA that signs the agents' and master's certificates.
-    #[serde(default)]
     pub ca: Option<PathBuf>,
     /// MCIAS bearer token file (alternative to a client certificate).
-    #[serde(default)]
     pub token_path: Option<PathBuf>,
 }
 
 /// `[services]`: where service definitions live.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ServicesSection {
-    #[serde(default = "default_services_dir")]
     pub dir: PathBuf,
-}
-
-fn default_services_dir() -> PathBuf {
-    PathBuf::from("~/.config/mcp/services")
 }
 
 impl Default for ServicesSection {
     fn default() -> Self {
         ServicesSection {
-            dir: default_services_dir(),
+            dir: PathBuf::from("~/.config/mcp/services"),
         }
     }
 }
@@ -364,6 +301,31 @@ mod tests {
         assert_eq!(cfg.node("b").unwrap().address.list(), ["x:1", "y:2"]);
         let (_d, p) = write("[[nodes]]\nname = \"a\"\naddress = \"x:1\"\narch = \"sparc\"\n");
         assert_eq!(CliConfig::load(&p, true).unwrap_err().field, "nodes[0].arch");
+    }
+
+    #[test]
+    fn keys_left_out_take_the_defaults() {
+        let (_d, p) = write("[upgrade]\nparallel = 2\n[provision]\nuid = 900\n[ssh]\nconnect_timeout = 3\n");
+        let cfg = CliConfig::load(&p, true).unwrap();
+        let want = CliConfig {
+            upgrade: UpgradeSection {
+                parallel: 2,
+                ..UpgradeSection::default()
+            },
+            provision: ProvisionSection {
+                uid: 900,
+                ..ProvisionSection::default()
+            },
+            ssh: SshSection {
+                connect_timeout: 3,
+                ..SshSection::default()
+            },
+            ..CliConfig::default()
+        };
+        assert_eq!(cfg, want.expanded());
+        assert_eq!((cfg.upgrade.wait, cfg.provision.user.as_str()), (60, "mcp"));
+        let (_d, p) = write("[upgrade]\nparalel = 2\n");
+        assert_eq!(CliConfig::load(&p, true).unwrap_err().field, "upgrade.paralel (line 2)");
     }
 
     #[test]

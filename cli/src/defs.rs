@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use mcp_model::service::{self, DefinitionError, ServiceDef};
 
-use crate::conn::Ctx;
+use crate::ctx::Ctx;
+use crate::error::{UsageError, usage};
 use crate::output::{self, Out};
-use crate::{UsageError, usage};
 
 /// Reads, parses and validates one definition file (its name must be the
 /// service's).

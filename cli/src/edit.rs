@@ -7,9 +7,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use mcp_model::service::DefinitionError;
 
-use crate::conn::Ctx;
+use crate::ctx::Ctx;
 use crate::defs::split_target;
-use crate::usage;
+use crate::error::usage;
 
 /// Lines `mcp edit` puts at the top of the copy to show the problems; they
 /// are removed again before the copy is validated and saved.

@@ -1,215 +1,101 @@
-//! Commands through the master (the default when `[master]` is configured).
-
-use std::time::Duration;
+//! Through the master (the default when `[master]` is configured): it
+//! places services, fans out to the agents and keeps the fleet's records.
 
 use anyhow::Result;
-use mcp_proto as proto;
+use async_trait::async_trait;
+use mcp_model::service::ServiceDef;
 
-use crate::conn::{Ctx, request_id};
-use crate::defs::{load_all, load_definition, split_target};
-use crate::direct::{DEPLOY_TIMEOUT, READ_TIMEOUT, UNDEPLOY_TIMEOUT};
-use crate::output;
-use crate::{Command, DnsCommand, EdgeCommand, NodeCommand, RouteCommand, UsageError, usage};
+use crate::client::{LogStream, MasterClient, request_id};
+use crate::ctx::Ctx;
+use crate::defs::load_all;
+use crate::error::{UsageError, usage};
+use crate::target::{self, DEPLOY_TIMEOUT, MASTER_SLACK, READ_TIMEOUT, RECOVER_TIMEOUT, Target};
+use crate::view::{Listing, LogsQuery, NodeRecovery, NodeRoutes, Op, Placed, Rendered, ServiceStatus};
 
-/// Runs one command through the master; returns the exit code.
-pub async fn run(ctx: &Ctx, command: Command) -> Result<u8> {
-    match command {
-        crate::handled_by_run!() => unreachable!("handled before"),
-        Command::Deploy { target, node } => {
-            if node.is_some() {
-                usage!("--node is for --direct mode; pin the service with `node = ...` in its definition");
-            }
-            deploy(ctx, &target).await
+/// The master of `ctx`'s configuration.
+pub struct Master<'a> {
+    ctx: &'a Ctx,
+}
+
+impl<'a> Master<'a> {
+    /// The configured `[master]`.
+    pub fn new(ctx: &'a Ctx) -> Master<'a> {
+        Master { ctx }
+    }
+
+    async fn client(&self, timeout: std::time::Duration) -> Result<MasterClient> {
+        Ok(self.ctx.master(timeout).await?)
+    }
+}
+
+#[async_trait(?Send)]
+impl Target for Master<'_> {
+    fn check_deploy_node(&self, node: Option<&str>) -> Result<()> {
+        if node.is_some() {
+            usage!("--node is for --direct mode; pin the service with `node = ...` in its definition");
         }
-        Command::Undeploy { service, .. } => {
-            let (name, component) = split_target(&service)?;
-            if component.is_some() {
-                usage!("undeploy takes a service, not a component; use `mcp stop {service}`");
-            }
-            operate(ctx, "undeploy", &name, None).await
-        }
-        Command::Stop { target, .. } => simple(ctx, "stop", &target).await,
-        Command::Start { target, .. } => simple(ctx, "start", &target).await,
-        Command::Restart { target, .. } => simple(ctx, "restart", &target).await,
-        Command::Ps => ps(ctx).await,
-        Command::Status { service, .. } => match service {
-            Some(s) => status(ctx, &s).await,
-            None => ps(ctx).await,
-        },
-        Command::Logs {
-            target, follow, tail, ..
-        } => logs(ctx, &target, follow, tail).await,
-        Command::Sync { dry_run } => sync(ctx, dry_run).await,
-        Command::Node(NodeCommand::List) => node_list(ctx).await,
-        Command::Node(NodeCommand::Add { name, ttl }) => node_add(ctx, &name, ttl).await,
-        Command::Dns(DnsCommand::List) => dns_list(ctx).await,
-        Command::Route(RouteCommand::List) => route_list(ctx).await,
-        Command::Edge(EdgeCommand::List) => edge_list(ctx, false).await,
-        Command::Edge(EdgeCommand::Status) => edge_list(ctx, true).await,
+        Ok(())
+    }
+
+    async fn deploy(&self, def: &ServiceDef, component: Option<&str>, _node: Option<String>) -> Result<Placed> {
+        let mut client = self.client(DEPLOY_TIMEOUT + MASTER_SLACK).await?;
+        let request_id = request_id();
+        let _progress = self.ctx.out.progress(&format!("deploying {}", def.name));
+        let placed = client.deploy(def, component, &request_id).await;
+        placed.map_err(target::deploy_failed(&def.name, &request_id))
+    }
+
+    async fn operate(&self, op: Op, name: &str, component: Option<&str>, _node: Option<String>) -> Result<Placed> {
+        let mut client = self.client(target::op_timeout(op) + MASTER_SLACK).await?;
+        let _progress = self.ctx.out.progress(&format!("{} {name}", op.verb()));
+        Ok(client.operate(op, name, component, &request_id()).await?)
+    }
+
+    async fn services(&self) -> Result<Listing> {
+        Ok(self.client(READ_TIMEOUT).await?.services().await?)
+    }
+
+    async fn status(&self, name: &str, _node: Option<String>) -> Result<(String, Option<ServiceStatus>)> {
+        Ok(self.client(READ_TIMEOUT).await?.status(name).await?)
+    }
+
+    async fn logs(&self, query: &LogsQuery, _node: Option<String>) -> Result<LogStream> {
+        let timeout = target::logs_timeout(query.follow);
+        Ok(self.client(timeout).await?.logs(query).await?)
+    }
+
+    async fn routes(&self) -> Result<Vec<NodeRoutes>> {
+        Ok(self.client(READ_TIMEOUT).await?.routes().await?)
+    }
+
+    async fn recover(&self, node: Option<String>) -> Result<Vec<NodeRecovery>> {
+        let mut client = self.client(RECOVER_TIMEOUT).await?;
+        let _progress = self.ctx.out.progress("recovering");
+        Ok(client.recover(&node.unwrap_or_default(), &request_id()).await?)
+    }
+
+    async fn render(&self, name: &str, _node: Option<String>) -> Result<Rendered> {
+        Ok(self.client(READ_TIMEOUT).await?.render(name).await?)
     }
 }
 
-async fn dns_list(ctx: &Ctx) -> Result<u8> {
-    let mut client = ctx.master(READ_TIMEOUT).await?;
-    let r = client
-        .list_dns_records(proto::ListDnsRecordsRequest {})
-        .await
-        .map_err(|s| ctx.rpc_error("master", s))?
-        .into_inner();
-    ctx.out.dns(&r);
+/// `mcp dns list`.
+pub async fn dns_list(ctx: &Ctx) -> Result<u8> {
+    let zone = ctx.master(READ_TIMEOUT).await?.dns().await?;
+    ctx.out.dns(&zone);
     Ok(0)
 }
 
-async fn route_list(ctx: &Ctx) -> Result<u8> {
-    let mut client = ctx.master(READ_TIMEOUT).await?;
-    let r = client
-        .list_routes(proto::ListProxyRoutesRequest {})
-        .await
-        .map_err(|s| ctx.rpc_error("master", s))?
-        .into_inner();
-    ctx.out.routes(&r.nodes);
-    Ok(if r.nodes.iter().any(|n| !n.error.is_empty()) {
-        1
-    } else {
-        0
-    })
+/// `mcp edge list|status`; with `status`, exit 1 when an edge does not
+/// serve a route as recorded.
+pub async fn edge_list(ctx: &Ctx, status: bool) -> Result<u8> {
+    let routes = ctx.master(READ_TIMEOUT).await?.edge_routes().await?;
+    ctx.out.edges(&routes, status);
+    Ok(u8::from(status && routes.iter().any(|e| e.state != "ok")))
 }
 
-async fn edge_list(ctx: &Ctx, status: bool) -> Result<u8> {
-    let mut client = ctx.master(READ_TIMEOUT).await?;
-    let r = client
-        .list_edge_routes(proto::ListEdgeRoutesRequest {})
-        .await
-        .map_err(|s| ctx.rpc_error("master", s))?
-        .into_inner();
-    ctx.out.edges(&r.routes, status);
-    Ok(if status && r.routes.iter().any(|e| e.state != "ok") {
-        1
-    } else {
-        0
-    })
-}
-
-async fn deploy(ctx: &Ctx, target: &str) -> Result<u8> {
-    let (def, component) = load_definition(ctx, target)?;
-    let mut client = ctx.master(DEPLOY_TIMEOUT + Duration::from_secs(10)).await?;
-    let request_id = request_id();
-    let req = proto::DeployRequest {
-        service: Some(proto::ServiceSpec::from(&def)),
-        component: component.unwrap_or_default(),
-        request_id: request_id.clone(),
-    };
-    let progress = ctx.out.progress(&format!("deploying {}", def.name));
-    let result = client.deploy(req).await;
-    drop(progress);
-    match result {
-        Ok(r) => Ok(ctx.out.fleet_operation(&r.into_inner())),
-        Err(s) => Err(ctx
-            .rpc_error("master", s)
-            .context(format!("deploy {} (request {request_id})", def.name))),
-    }
-}
-
-async fn simple(ctx: &Ctx, op: &str, target: &str) -> Result<u8> {
-    let (name, component) = split_target(target)?;
-    operate(ctx, op, &name, component).await
-}
-
-async fn operate(ctx: &Ctx, op: &str, name: &str, component: Option<String>) -> Result<u8> {
-    let timeout = if op == "undeploy" {
-        UNDEPLOY_TIMEOUT
-    } else {
-        DEPLOY_TIMEOUT
-    };
-    let mut client = ctx.master(timeout + Duration::from_secs(10)).await?;
-    let req = proto::ServiceRequest {
-        name: name.to_string(),
-        component: component.unwrap_or_default(),
-        request_id: request_id(),
-    };
-    let progress = ctx.out.progress(&format!("{op} {name}"));
-    let result = match op {
-        "stop" => client.stop_service(req).await,
-        "start" => client.start_service(req).await,
-        "restart" => client.restart_service(req).await,
-        _ => client.undeploy_service(req).await,
-    };
-    drop(progress);
-    match result {
-        Ok(r) => Ok(ctx.out.fleet_operation(&r.into_inner())),
-        Err(s) => Err(ctx.rpc_error("master", s)),
-    }
-}
-
-async fn ps(ctx: &Ctx) -> Result<u8> {
-    let mut client = ctx.master(READ_TIMEOUT).await?;
-    let fleet = client
-        .list_services(proto::ListServicesRequest {})
-        .await
-        .map_err(|s| ctx.rpc_error("master", s))?
-        .into_inner();
-    let listed: Vec<(String, Result<proto::ListServicesResponse, String>)> = fleet
-        .nodes
-        .into_iter()
-        .map(|n| {
-            let r = if n.error.is_empty() {
-                Ok(proto::ListServicesResponse {
-                    services: n.services,
-                    node: n.node.clone(),
-                })
-            } else {
-                Err(n.error)
-            };
-            (n.node, r)
-        })
-        .collect();
-    ctx.out.ps(&listed, &fleet.missing, &fleet.orphans);
-    Ok(if listed.iter().any(|(_, r)| r.is_err()) { 1 } else { 0 })
-}
-
-async fn status(ctx: &Ctx, service: &str) -> Result<u8> {
-    let (name, _) = split_target(service)?;
-    let mut client = ctx.master(READ_TIMEOUT).await?;
-    let st = client
-        .get_service_status(proto::ServiceRequest {
-            name,
-            ..Default::default()
-        })
-        .await
-        .map_err(|s| ctx.rpc_error("master", s))?
-        .into_inner();
-    if let Some(status) = &st.status {
-        ctx.out.status(&st.node, status);
-    }
-    Ok(0)
-}
-
-async fn logs(ctx: &Ctx, target: &str, follow: bool, tail: u32) -> Result<u8> {
-    let (name, component) = split_target(target)?;
-    let timeout = if follow {
-        Duration::from_secs(86400 * 365)
-    } else {
-        READ_TIMEOUT
-    };
-    let mut client = ctx.master(timeout).await?;
-    let prefix = component.is_none();
-    let stream = client
-        .logs(proto::LogsRequest {
-            service: name,
-            component: component.unwrap_or_default(),
-            follow,
-            tail,
-        })
-        .await
-        .map_err(|s| ctx.rpc_error("master", s))?
-        .into_inner();
-    output::stream_logs(stream, prefix)
-        .await
-        .map_err(|s| ctx.rpc_error("master", s))?;
-    Ok(0)
-}
-
-async fn sync(ctx: &Ctx, dry_run: bool) -> Result<u8> {
+/// `mcp sync [--dry-run]`: the services dir, all valid, to the master.
+pub async fn sync(ctx: &Ctx, dry_run: bool) -> Result<u8> {
     let dir = ctx.cfg.services.dir.clone();
     if !dir.is_dir() {
         usage!("services dir {} does not exist", dir.display());
@@ -223,41 +109,42 @@ async fn sync(ctx: &Ctx, dry_run: bool) -> Result<u8> {
     }
     let mut client = ctx.master(DEPLOY_TIMEOUT * 4).await?;
     let _progress = ctx.out.progress(if dry_run { "planning sync" } else { "syncing" });
-    let resp = client
-        .sync(proto::SyncRequest {
-            services: defs.iter().map(proto::ServiceSpec::from).collect(),
-            dry_run,
-            request_id: request_id(),
-        })
-        .await
-        .map_err(|s| ctx.rpc_error("master", s))?
-        .into_inner();
-    ctx.out.sync(&resp);
-    Ok(if resp.actions.iter().all(|a| a.success) { 0 } else { 1 })
+    let report = client.sync(&defs, dry_run, &request_id()).await?;
+    ctx.out.sync(&report);
+    Ok(u8::from(!report.actions.iter().all(|a| a.success)))
 }
 
-async fn node_list(ctx: &Ctx) -> Result<u8> {
-    let mut client = ctx.master(READ_TIMEOUT).await?;
-    let nodes = client
-        .list_nodes(proto::ListNodesRequest {})
-        .await
-        .map_err(|s| ctx.rpc_error("master", s))?
-        .into_inner();
-    ctx.out.fleet_nodes(&nodes.nodes);
+/// `mcp node list` through the master.
+pub async fn node_list(ctx: &Ctx) -> Result<u8> {
+    let nodes = ctx.master(READ_TIMEOUT).await?.nodes().await?;
+    ctx.out.fleet_nodes(&nodes);
     Ok(0)
 }
 
-async fn node_add(ctx: &Ctx, name: &str, ttl: u64) -> Result<u8> {
-    let mut client = ctx.master(READ_TIMEOUT).await?;
-    let r = client
-        .add_node(proto::AddNodeRequest {
-            name: name.to_string(),
-            ttl_seconds: ttl,
-        })
-        .await
-        .map_err(|s| ctx.rpc_error("master", s))?
-        .into_inner();
+/// `mcp node add <name>`: a join token for a new node.
+pub async fn node_add(ctx: &Ctx, name: &str, ttl: u64) -> Result<u8> {
+    let token = ctx.master(READ_TIMEOUT).await?.add_node(name, ttl).await?;
     let master = ctx.cfg.master.as_ref().map(|m| m.address.clone()).unwrap_or_default();
-    ctx.out.join_token(&r, &master);
+    ctx.out.join_token(&token, &master);
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CliConfig;
+    use crate::output::Out;
+
+    #[test]
+    fn the_master_places_services_itself() {
+        let ctx = Ctx {
+            cfg: CliConfig::default(),
+            path: "mcp.toml".into(),
+            out: Out { json: false },
+        };
+        let master = Master::new(&ctx);
+        assert!(master.check_deploy_node(None).is_ok());
+        let e = master.check_deploy_node(Some("rift")).expect_err("--node refused");
+        assert!(e.downcast_ref::<UsageError>().is_some(), "{e:#}");
+    }
 }

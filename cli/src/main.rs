@@ -1,330 +1,138 @@
 //! `mcp`: the operator's command-line interface.
+//!
+//! Top-down: `args` (the command line) → the commands (`ops` for what both
+//! modes share, written against `target::Target`, implemented by
+//! `fleet::Master` and `direct::Agents`; `resilience`, `snapshot`,
+//! `upgrade`, `provision`, `build`, `edit`, `defs`, `tools`) → `ctx`
+//! (configuration, output, connections) → `client` (gRPC, the only part
+//! that knows the wire types) and `output` → `view` (what is shown),
+//! `config`, `ssh`, `release`, `error`.
 
+mod args;
 mod build;
+mod client;
 mod config;
-mod conn;
+mod ctx;
 mod defs;
 mod direct;
 mod edit;
+mod error;
 mod fleet;
+mod ops;
 mod output;
 mod provision;
+mod release;
 mod resilience;
 mod snapshot;
 mod ssh;
+mod target;
 mod tools;
 mod upgrade;
+mod view;
 
-use std::path::PathBuf;
+use clap::Parser;
 
-use clap::{Parser, Subcommand};
-
-/// A usage or validation error: exit code 2.
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
-/// Returns a usage error (exit 2).
-#[macro_export]
-macro_rules! usage {
-    ($($t:tt)*) => { return Err(anyhow::Error::new($crate::UsageError(format!($($t)*)))) };
-}
-
-/// The pattern of the commands [`run`] handles itself, the same in both
-/// modes: `direct::run` and `fleet::run` never see them.
-#[macro_export]
-macro_rules! handled_by_run {
-    () => {
-        $crate::Command::Validate { .. }
-            | $crate::Command::Build { .. }
-            | $crate::Command::Edit { .. }
-            | $crate::Command::Completions { .. }
-            | $crate::Command::Man { .. }
-            | $crate::Command::Agent(_)
-            | $crate::Command::Node($crate::NodeCommand::Provision(_))
-            | $crate::Command::Render { .. }
-            | $crate::Command::Adopt { .. }
-            | $crate::Command::Snapshot(_)
-            | $crate::Command::Migrate(_)
-    };
-}
-
-#[derive(Parser)]
-#[command(
-    name = "mcp",
-    version = mcp_infra::LONG_VERSION,
-    about = "mcp: run services as rootless podman containers across a fleet",
-    after_help = "Examples:\n  mcp deploy web\n  mcp ps\n  mcp sync --dry-run\n  mcp --direct ps          # straight to the agents, e.g. while the master is down\n  mcp validate ~/.config/mcp/services"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-    /// Talk to the agents of the [[nodes]] list directly, without a master.
-    #[arg(long, global = true)]
-    pub direct: bool,
-    /// Machine-readable JSON output.
-    #[arg(long, global = true)]
-    pub json: bool,
-    /// CLI configuration file [default: $MCP_CONFIG or ~/.config/mcp/mcp.toml].
-    #[arg(long, global = true)]
-    pub config: Option<PathBuf>,
-}
-
-#[derive(Subcommand)]
-pub enum Command {
-    /// Check service definitions offline; reports every problem (exit 2 if any).
-    #[command(after_help = "Examples:\n  mcp validate web.toml\n  mcp validate ~/.config/mcp/services")]
-    Validate {
-        /// Files or directories of definitions.
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
-    },
-    /// Deploy a service (or one component) from its definition.
-    #[command(
-        after_help = "Examples:\n  mcp --direct deploy web\n  mcp --direct deploy web/api\n  mcp --direct deploy ./web.toml --node rift"
-    )]
-    Deploy {
-        /// <service>[/<component>] in the services dir, or a path to a .toml file.
-        target: String,
-        /// Node to deploy to when the definition has no `node` pin.
-        #[arg(long)]
-        node: Option<String>,
-    },
-    /// Remove a service: containers, routes, DNS, certificates, ports, records.
-    #[command(after_help = "Example:\n  mcp --direct undeploy web")]
-    Undeploy {
-        service: String,
-        #[arg(long)]
-        node: Option<String>,
-    },
-    /// Stop a service (or one component); its definition and ports are kept.
-    #[command(after_help = "Examples:\n  mcp --direct stop web\n  mcp --direct stop web/worker")]
-    Stop {
-        /// <service>[/<component>]
-        target: String,
-        #[arg(long)]
-        node: Option<String>,
-    },
-    /// Start a stopped service (or one component) from the node's registry.
-    #[command(after_help = "Example:\n  mcp --direct start web")]
-    Start {
-        /// <service>[/<component>]
-        target: String,
-        #[arg(long)]
-        node: Option<String>,
-    },
-    /// Stop then start a service (or one component).
-    #[command(after_help = "Example:\n  mcp --direct restart web/api")]
-    Restart {
-        /// <service>[/<component>]
-        target: String,
-        #[arg(long)]
-        node: Option<String>,
-    },
-    /// List containers of every service on every node.
-    #[command(after_help = "Example:\n  mcp --direct ps --json")]
-    Ps,
-    /// Show a service in detail (components, routes, events), or all.
-    #[command(after_help = "Examples:\n  mcp --direct status\n  mcp --direct status web")]
-    Status {
-        service: Option<String>,
-        #[arg(long)]
-        node: Option<String>,
-    },
-    /// Show container output of a service.
-    #[command(after_help = "Examples:\n  mcp --direct logs web\n  mcp --direct logs web/api -f --tail 100")]
-    Logs {
-        /// <service>[/<component>]
-        target: String,
-        /// Keep streaming new output.
-        #[arg(short, long)]
-        follow: bool,
-        /// Lines from the end (0 = all).
-        #[arg(long, default_value_t = 0)]
-        tail: u32,
-        #[arg(long)]
-        node: Option<String>,
-    },
-    /// Make the fleet match the services dir: deploy new, redeploy changed,
-    /// undeploy removed services (through the master).
-    #[command(after_help = "Examples:\n  mcp sync --dry-run\n  mcp sync")]
-    Sync {
-        /// Print the plan, change nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// Nodes of the fleet.
-    #[command(subcommand, after_help = "Examples:\n  mcp node list\n  mcp node add hyperborea")]
-    Node(NodeCommand),
-    /// Records of the internal zone (through the master).
-    #[command(subcommand, after_help = "Example:\n  mcp dns list")]
-    Dns(DnsCommand),
-    /// Proxy routes of every node, grouped by listener.
-    #[command(subcommand, after_help = "Example:\n  mcp route list")]
-    Route(RouteCommand),
-    /// Public routes on edge nodes (through the master).
-    #[command(subcommand, after_help = "Examples:\n  mcp edge list\n  mcp edge status")]
-    Edge(EdgeCommand),
-    /// The agents themselves: versions, upgrades over SSH, recovery.
-    #[command(
-        subcommand,
-        after_help = "Examples:\n  mcp agent status\n  mcp agent upgrade\n  mcp agent recover rift"
-    )]
-    Agent(AgentCommand),
-    /// Print the `podman run` commands that reproduce a service from its
-    /// node's registry (the manual fallback; paste them as the podman user).
-    #[command(after_help = "Examples:\n  mcp render web\n  mcp --direct render web > web.sh && sudo -u mcp sh web.sh")]
-    Render {
-        service: String,
-        #[arg(long)]
-        node: Option<String>,
-    },
-    /// Take over running containers named <service> or <service>-<component>
-    /// that the node's registry does not know (talks to the agent directly).
-    #[command(after_help = "Example:\n  mcp --direct adopt legacy --node rift")]
-    Adopt {
-        service: String,
-        #[arg(long)]
-        node: Option<String>,
-    },
-    /// Build the [build.images] of a service with podman, tagged as its
-    /// components' images, and push them to their registry.
-    #[command(
-        after_help = "Examples:\n  mcp build web\n  mcp build web --no-push   # build only\n  mcp --json build ./web.toml"
-    )]
-    Build {
-        /// Service name in the services dir, or a path to a .toml file.
-        service: String,
-        /// Build only; do not push.
-        #[arg(long)]
-        no_push: bool,
-    },
-    /// Edit a service definition in $VISUAL/$EDITOR; saved only when valid.
-    #[command(after_help = "Examples:\n  mcp edit web\n  EDITOR=nano mcp edit web")]
-    Edit {
-        /// Service name in the services dir (a new file is started from a template).
-        service: String,
-    },
-    /// Print a shell completion script.
-    #[command(
-        after_help = "Examples:\n  mcp completions bash > /etc/bash_completion.d/mcp\n  mcp completions zsh > \"${fpath[1]}/_mcp\"\n  mcp completions fish > ~/.config/fish/completions/mcp.fish"
-    )]
-    Completions { shell: clap_complete::Shell },
-    /// Write man pages (mcp.1 and one per subcommand) to a directory.
-    #[command(after_help = "Example:\n  mcp man /usr/local/share/man/man1")]
-    Man { dir: PathBuf },
-    /// Snapshots of service data: take one, list, restore (through the master).
-    Snapshot(snapshot::SnapshotArgs),
-    /// Move a service, with its data, to another node (through the master).
-    Migrate(snapshot::MigrateArgs),
-}
-
-#[derive(Subcommand)]
-pub enum AgentCommand {
-    /// Recreate every container from the registry (after podman lost them,
-    /// e.g. `podman system reset`), following the boot sequence, then
-    /// re-apply routes and DNS. Idempotent. All nodes when none is named.
-    #[command(
-        after_help = "Examples:\n  mcp agent recover rift\n  mcp agent recover\n  mcp --direct agent recover rift"
-    )]
-    Recover { node: Option<String> },
-    /// Install the release's agent binary on nodes over SSH and restart them;
-    /// rolls a node back when the new agent does not answer in time.
-    #[command(
-        after_help = "Examples:\n  dev/release && mcp agent upgrade\n  mcp agent upgrade hyperborea --accept-new-host-key\n  mcp agent upgrade --dist /srv/releases/0.2.0 --parallel 2"
-    )]
-    Upgrade(upgrade::UpgradeArgs),
-    /// Version, commit, arch and uptime of every agent; flags version skew.
-    #[command(after_help = "Example:\n  mcp agent status --json")]
-    Status(upgrade::StatusArgs),
-}
-
-#[derive(Subcommand)]
-pub enum DnsCommand {
-    /// List the records the master serves.
-    #[command(after_help = "Example:\n  mcp dns list")]
-    List,
-}
-
-#[derive(Subcommand)]
-pub enum RouteCommand {
-    /// List routes by node and listener.
-    #[command(after_help = "Examples:\n  mcp route list\n  mcp --direct route list")]
-    List,
-}
-
-#[derive(Subcommand)]
-pub enum EdgeCommand {
-    /// List public routes with their edge node and certificate.
-    #[command(after_help = "Example:\n  mcp edge list")]
-    List,
-    /// Like list, with what each edge reports serving now.
-    #[command(after_help = "Example:\n  mcp edge status")]
-    Status,
-}
-
-#[derive(Subcommand)]
-pub enum NodeCommand {
-    /// List nodes: status, role, arch, version, last heartbeat.
-    #[command(after_help = "Examples:\n  mcp node list\n  mcp --direct node list")]
-    List,
-    /// Print a one-time join token for a new node (through the master).
-    #[command(
-        after_help = "Example:\n  mcp node add hyperborea\n  # then on the node: mcp-agent join --master <addr> --token <token>"
-    )]
-    Add {
-        name: String,
-        /// Token lifetime in seconds (default: the master's, 1 hour).
-        #[arg(long, default_value_t = 0)]
-        ttl: u64,
-    },
-    /// Set up a Debian host as a node over SSH (as root): user, subuids,
-    /// linger, /srv/mcp, podman, agent binary, join, systemd unit. Idempotent.
-    #[command(
-        after_help = "Examples:\n  mcp node provision hyperborea --accept-new-host-key\n  mcp node provision hyperborea   # again: every step unchanged"
-    )]
-    Provision(provision::ProvisionArgs),
-}
+use crate::args::{AgentCommand, Cli, Command, DnsCommand, EdgeCommand, NodeCommand, RouteCommand};
+use crate::client::{ConnectError, RpcError};
+use crate::ctx::Ctx;
+use crate::error::{UsageError, usage};
+use crate::output::Out;
+use crate::target::Target;
+use crate::view::Op;
 
 /// Loads the configuration and runs the command in the right mode.
-async fn run(cli: Cli) -> anyhow::Result<u8> {
-    let out = output::Out { json: cli.json };
+async fn run(cli: Cli, out: Out) -> anyhow::Result<u8> {
     match &cli.command {
         Command::Validate { paths } => return defs::validate(paths, &out),
         Command::Completions { shell } => return tools::completions(*shell),
         Command::Man { dir } => return tools::man(dir),
         _ => {}
     }
-    let (path, explicit) = conn::config_path(cli.config.as_deref());
-    let cfg = crate::config::CliConfig::load(&path, explicit).map_err(|e| UsageError(e.to_string()))?;
+    let (path, explicit) = ctx::config_path(cli.config.as_deref());
+    let cfg = config::CliConfig::load(&path, explicit).map_err(|e| UsageError(e.to_string()))?;
     let direct = cli.direct || cfg.master.is_none();
-    let ctx = conn::Ctx { cfg, path, out };
+    let ctx = Ctx { cfg, path, out };
+    let (agents, master) = (direct::Agents::new(&ctx), fleet::Master::new(&ctx));
+    let target: &dyn Target = if direct { &agents } else { &master };
     match cli.command {
+        Command::Validate { .. } | Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled before the configuration is loaded")
+        }
         Command::Build { service, no_push } => build::build(&ctx, &service, !no_push),
         Command::Edit { service } => edit::edit(&ctx, &service),
         // Fleet operations use the [[nodes]] list (SSH, agents) in both modes.
         Command::Agent(AgentCommand::Upgrade(args)) => upgrade::upgrade(&ctx, args).await,
         Command::Agent(AgentCommand::Status(args)) => upgrade::status(&ctx, args).await,
         Command::Node(NodeCommand::Provision(args)) => provision::provision(&ctx, args).await,
-        Command::Agent(AgentCommand::Recover { node }) => resilience::recover(&ctx, direct, node).await,
-        Command::Render { service, node } => resilience::render(&ctx, direct, &service, node).await,
+        Command::Agent(AgentCommand::Recover { node }) => resilience::recover(&ctx, target, node).await,
+        Command::Render { service, node } => resilience::render(&ctx, target, &service, node).await,
         Command::Adopt { service, node } => resilience::adopt(&ctx, &service, node).await,
         Command::Snapshot(args) => snapshot::snapshot(&ctx, direct, args).await,
         Command::Migrate(args) => snapshot::migrate(&ctx, direct, args).await,
-        other if direct => direct::run(&ctx, other).await,
-        other => fleet::run(&ctx, other).await,
+        service_command => {
+            if direct {
+                direct::require_nodes(&ctx)?;
+            }
+            match service_command {
+                Command::Deploy { target: spec, node } => ops::deploy(&ctx, target, &spec, node).await,
+                Command::Undeploy { service, node } => ops::undeploy(&ctx, target, &service, node).await,
+                Command::Stop { target: spec, node } => ops::operate(&ctx, target, Op::Stop, &spec, node).await,
+                Command::Start { target: spec, node } => ops::operate(&ctx, target, Op::Start, &spec, node).await,
+                Command::Restart { target: spec, node } => ops::operate(&ctx, target, Op::Restart, &spec, node).await,
+                Command::Ps => ops::ps(&ctx, target).await,
+                Command::Status { service, node } => ops::status(&ctx, target, service, node).await,
+                Command::Logs {
+                    target: spec,
+                    follow,
+                    tail,
+                    node,
+                } => ops::logs(target, &spec, follow, tail, node).await,
+                Command::Route(RouteCommand::List) => ops::route_list(&ctx, target).await,
+                Command::Node(NodeCommand::List) if direct => direct::node_list(&ctx).await,
+                Command::Node(NodeCommand::List) => fleet::node_list(&ctx).await,
+                _ if direct => usage!("this command needs the master: configure [master] and drop --direct"),
+                Command::Node(NodeCommand::Add { name, ttl }) => fleet::node_add(&ctx, &name, ttl).await,
+                Command::Sync { dry_run } => fleet::sync(&ctx, dry_run).await,
+                Command::Dns(DnsCommand::List) => fleet::dns_list(&ctx).await,
+                Command::Edge(EdgeCommand::List) => fleet::edge_list(&ctx, false).await,
+                Command::Edge(EdgeCommand::Status) => fleet::edge_list(&ctx, true).await,
+                _ => unreachable!("every other command is matched above"),
+            }
+        }
     }
+}
+
+/// The exit code of a failed command: 2 when the operator asked for
+/// something that cannot be done (usage, validation, unknown names), else 1.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    let usage = e.downcast_ref::<UsageError>().is_some()
+        || e.downcast_ref::<ConnectError>().is_some_and(ConnectError::is_usage)
+        || e.downcast_ref::<RpcError>().is_some_and(RpcError::is_usage);
+    if usage { 2 } else { 1 }
+}
+
+/// Reports a failed command on stderr: the steps that ran, if the failure
+/// carried them, then the error.
+fn report(out: &Out, e: &anyhow::Error) {
+    if let Some(RpcError {
+        who,
+        operation: Some(op),
+        ..
+    }) = e.downcast_ref::<RpcError>()
+    {
+        out.operation(who, op, false);
+    }
+    let label = if output::color_stderr() {
+        "\x1b[1;31merror\x1b[0m"
+    } else {
+        "error"
+    };
+    eprintln!("{label}: {e:#}");
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let out = Out { json: cli.json };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -336,17 +144,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    match rt.block_on(run(cli)) {
+    match rt.block_on(run(cli, out)) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
-            let usage = e.downcast_ref::<UsageError>().is_some();
-            let label = if output::color_stderr() {
-                "\x1b[1;31merror\x1b[0m"
-            } else {
-                "error"
-            };
-            eprintln!("{label}: {e:#}");
-            std::process::ExitCode::from(if usage { 2 } else { 1 })
+            report(&out, &e);
+            std::process::ExitCode::from(exit_code(&e))
         }
     }
 }
@@ -354,6 +156,8 @@ fn main() -> std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
+
+    use super::*;
 
     /// Every command and subcommand shows examples in its --help.
     #[test]
@@ -368,7 +172,37 @@ mod tests {
             }
         }
         let mut missing = Vec::new();
-        walk(&super::Cli::command(), "mcp", &mut missing);
+        walk(&Cli::command(), "mcp", &mut missing);
         assert!(missing.is_empty(), "commands without examples in --help: {missing:?}");
+    }
+
+    #[test]
+    fn exit_codes() {
+        let rpc = |code| anyhow::Error::new(RpcError::new("master", tonic::Status::new(code, "x")));
+        let no_ca = || ConnectError::NoCa {
+            config: "mcp.toml".into(),
+        };
+        for (e, want) in [
+            (anyhow::Error::new(UsageError("bad".into())), 2),
+            (
+                anyhow::Error::new(UsageError("bad".into())).context("while deploying"),
+                2,
+            ),
+            (anyhow::anyhow!("boom"), 1),
+            (anyhow::Error::new(no_ca()), 2),
+            (
+                anyhow::Error::new(ConnectError::Token {
+                    token: "t".into(),
+                    problem: "the token is not text",
+                }),
+                1,
+            ),
+            (rpc(tonic::Code::NotFound), 2),
+            (rpc(tonic::Code::InvalidArgument).context("deploy web (request 1)"), 2),
+            (rpc(tonic::Code::Unavailable), 1),
+            (rpc(tonic::Code::Internal), 1),
+        ] {
+            assert_eq!(exit_code(&e), want, "{e:#}");
+        }
     }
 }

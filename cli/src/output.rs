@@ -2,22 +2,32 @@
 
 use std::io::IsTerminal;
 
-use crate::config::NodeRef;
 use comfy_table::{Cell, Color, Table, presets};
-use mcp_proto as proto;
+use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::config::NodeRef;
+use crate::view::{
+    Component, DnsZone, EdgeRoute, FleetNode, JoinToken, Listing, LogChunk, NodeRoutes, NodeStatus, Operation, Placed,
+    ServiceStatus, Step, SyncReport,
+};
+
 /// Output mode.
+#[derive(Debug, Clone, Copy)]
 pub struct Out {
     pub json: bool,
 }
 
-/// Prints a JSON value on stdout.
-pub fn print_json(v: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).expect("a Value always serializes")
-    );
+/// `v` as pretty JSON. Objects go through `serde_json::Value`, whose keys
+/// are sorted: the output does not depend on field order.
+pub fn to_json<T: Serialize + ?Sized>(v: &T) -> String {
+    let v = serde_json::to_value(v).expect("view types have string keys only");
+    serde_json::to_string_pretty(&v).expect("a Value always serializes")
+}
+
+/// Prints `v` as JSON on stdout.
+pub fn print_json<T: Serialize + ?Sized>(v: &T) {
+    println!("{}", to_json(v));
 }
 
 /// Whether to colour output: stdout is a terminal and `NO_COLOR` is unset
@@ -42,6 +52,7 @@ fn state_cell(text: &str) -> Cell {
     }
 }
 
+/// A borderless table with `header`, styled only when colour is on.
 pub(crate) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     if color() {
@@ -54,17 +65,113 @@ pub(crate) fn table(header: &[&str]) -> Table {
     t
 }
 
+/// A table of nodes: name, address, version and status, then `more`.
+fn node_table(more: &[&str]) -> Table {
+    table(&[&["NAME", "ADDRESS", "VERSION", "STATUS"], more].concat())
+}
+
+/// Prints `t` flush left, without trailing blanks.
 pub(crate) fn print_table(t: &Table) {
-    // comfy-table pads the first column with one space; trim it so the
-    // table lines up with the rest of the output.
-    for line in t.to_string().lines() {
-        println!("{}", line.strip_prefix(' ').unwrap_or(line).trim_end());
+    for line in lines(t) {
+        println!("{line}");
     }
 }
 
+/// The lines of `t` as printed. comfy-table pads the first column with one
+/// space; it is trimmed so the table lines up with the rest of the output.
+fn lines(t: &Table) -> Vec<String> {
+    t.to_string()
+        .lines()
+        .map(|line| line.strip_prefix(' ').unwrap_or(line).trim_end().to_string())
+        .collect()
+}
+
+/// STEP RESULT TIME DETAIL: a failed step shows its error.
+fn steps_table(steps: &[Step]) -> Table {
+    let mut t = table(&["STEP", "RESULT", "TIME", "DETAIL"]);
+    for s in steps {
+        let result = if !s.success {
+            "FAILED"
+        } else if s.skipped {
+            "skipped"
+        } else {
+            "ok"
+        };
+        let detail = if s.success { &s.detail } else { &s.error };
+        t.add_row(vec![
+            Cell::new(&s.step),
+            state_cell(result),
+            Cell::new(format!("{}ms", s.duration_ms)),
+            Cell::new(detail),
+        ]);
+    }
+    t
+}
+
+/// SERVICE ACTION NODE CHANGED RESULT: the plan, or what it did.
+fn sync_table(r: &SyncReport) -> Table {
+    let mut t = table(&["SERVICE", "ACTION", "NODE", "CHANGED", "RESULT"]);
+    for a in &r.actions {
+        let result = if r.dry_run {
+            "planned".to_string()
+        } else if a.success {
+            "ok".to_string()
+        } else {
+            format!("FAILED: {}", a.error)
+        };
+        t.add_row(vec![
+            a.service.clone(),
+            a.action.clone(),
+            if a.node.is_empty() { "-".into() } else { a.node.clone() },
+            if a.changed.is_empty() {
+                "-".into()
+            } else {
+                a.changed.join(", ")
+            },
+            result,
+        ]);
+    }
+    t
+}
+
+/// The STATE column of `mcp ps`: what runs, and what should when that differs.
+fn ps_state(c: &Component) -> String {
+    if c.desired_state != "running" && c.observed_state != "running" {
+        format!("{} ({})", c.observed_state, c.desired_state)
+    } else if c.desired_state == "running" && c.observed_state != "running" {
+        format!("{} (want running)", c.observed_state)
+    } else {
+        c.observed_state.clone()
+    }
+}
+
+/// SERVICE COMPONENT NODE STATE VERSION UPTIME, a row per container.
+fn ps_table(listing: &Listing) -> Table {
+    let mut t = table(&["SERVICE", "COMPONENT", "NODE", "STATE", "VERSION", "UPTIME"]);
+    for n in &listing.nodes {
+        let Ok(services) = &n.services else {
+            t.add_row(vec!["-", "-", n.node.as_str(), "unreachable", "-", "-"]);
+            continue;
+        };
+        for s in services {
+            for c in &s.components {
+                t.add_row(vec![
+                    s.name.clone(),
+                    c.name.clone(),
+                    n.node.clone(),
+                    ps_state(c),
+                    c.version.clone(),
+                    age(c.started_at),
+                ]);
+            }
+        }
+    }
+    t
+}
+
 /// 1 when any step of `r` failed.
-fn exit_code(r: &proto::OperationResponse) -> u8 {
-    if r.steps.iter().any(|s| !s.success) { 1 } else { 0 }
+fn exit_code(r: &Operation) -> u8 {
+    u8::from(!r.succeeded())
 }
 
 fn now() -> i64 {
@@ -82,15 +189,25 @@ pub fn age(since: i64) -> String {
     duration((now() - since).max(0) as u64)
 }
 
-/// Copies a log stream to stdout/stderr; with `prefix`, each line is
-/// prefixed with its component.
-pub async fn stream_logs(mut stream: tonic::Streaming<proto::LogChunk>, prefix: bool) -> Result<(), tonic::Status> {
-    use std::io::Write;
-    let mut stdout = std::io::stdout();
-    let mut stderr = std::io::stderr();
-    while let Some(chunk) = stream.message().await? {
+/// Writes container output to stdout/stderr as it arrives.
+pub struct LogSink {
+    /// Prefix each line with its component (output of several components).
+    prefix: bool,
+}
+
+impl LogSink {
+    /// A sink; with `prefix`, each line is prefixed with its component.
+    pub fn new(prefix: bool) -> LogSink {
+        LogSink { prefix }
+    }
+
+    /// Writes one chunk; a closed stdout or stderr is not an error here.
+    pub fn write(&self, chunk: &LogChunk) {
+        use std::io::Write;
+        let mut stdout = std::io::stdout();
+        let mut stderr = std::io::stderr();
         let w: &mut dyn Write = if chunk.stderr { &mut stderr } else { &mut stdout };
-        if prefix {
+        if self.prefix {
             for line in String::from_utf8_lossy(&chunk.data).split_inclusive('\n') {
                 let _ = write!(w, "{} | {line}", chunk.component);
             }
@@ -99,7 +216,6 @@ pub async fn stream_logs(mut stream: tonic::Streaming<proto::LogChunk>, prefix: 
         }
         let _ = w.flush();
     }
-    Ok(())
 }
 
 /// Compact duration.
@@ -114,36 +230,6 @@ pub fn duration(s: u64) -> String {
     } else {
         format!("{s}s")
     }
-}
-
-fn step_json(s: &proto::StepResult) -> Value {
-    json!({
-        "step": s.step, "success": s.success, "skipped": s.skipped,
-        "detail": s.detail, "error": s.error, "duration_ms": s.duration_ms,
-    })
-}
-
-fn component_json(c: &proto::ComponentInfo) -> Value {
-    json!({
-        "name": c.name, "container": c.container, "image": c.image, "version": c.version,
-        "desired_state": c.desired_state, "state": c.observed_state, "started_at": c.started_at,
-        "container_id": c.container_id, "restart_count": c.restart_count,
-    })
-}
-
-fn route_json(r: &proto::RouteInfo) -> Value {
-    json!({
-        "component": r.component, "name": r.name, "port": r.port, "mode": r.mode,
-        "hostname": r.hostname, "public": r.public, "host_port": r.host_port,
-    })
-}
-
-fn service_json(s: &proto::ServiceInfo) -> Value {
-    json!({
-        "name": s.name, "node": s.node, "active": s.active, "updated_at": s.updated_at,
-        "components": s.components.iter().map(component_json).collect::<Vec<_>>(),
-        "routes": s.routes.iter().map(route_json).collect::<Vec<_>>(),
-    })
 }
 
 /// A spinner with the elapsed time on stderr; removes itself when dropped.
@@ -181,47 +267,22 @@ impl Out {
 
     /// Per-step results of an operation; returns the exit code (1 when a
     /// step failed).
-    pub fn operation(&self, node: &str, r: &proto::OperationResponse, ok: bool) -> u8 {
+    pub fn operation(&self, node: &str, r: &Operation, ok: bool) -> u8 {
         if self.json {
             let v = json!({
-                "node": node, "ok": ok && r.steps.iter().all(|s| s.success), "changed": r.changed,
-                "steps": r.steps.iter().map(step_json).collect::<Vec<_>>(),
-                "warnings": r.warnings,
-                "service": r.service.as_ref().map(service_json),
+                "node": node, "ok": ok && r.succeeded(), "changed": r.changed,
+                "steps": r.steps, "warnings": r.warnings, "service": r.service,
             });
             if ok {
                 print_json(&v);
             } else {
                 // The error goes to stderr; keep stdout for the success shape.
-                eprintln!(
-                    "{}",
-                    serde_json::to_string_pretty(&v).expect("a Value always serializes")
-                );
+                eprintln!("{}", to_json(&v));
             }
             return exit_code(r);
         }
-        let mut t = table(&["STEP", "RESULT", "TIME", "DETAIL"]);
-        for s in &r.steps {
-            let result = if !s.success {
-                "FAILED"
-            } else if s.skipped {
-                "skipped"
-            } else {
-                "ok"
-            };
-            let detail = if s.success { s.detail.clone() } else { s.error.clone() };
-            t.add_row(vec![
-                Cell::new(&s.step),
-                state_cell(result),
-                Cell::new(format!("{}ms", s.duration_ms)),
-                Cell::new(detail),
-            ]);
-        }
-        let print = |line: String| {
+        for line in lines(&steps_table(&r.steps)) {
             if ok { println!("{line}") } else { eprintln!("{line}") }
-        };
-        for line in t.to_string().lines() {
-            print(line.strip_prefix(' ').unwrap_or(line).trim_end().to_string());
         }
         for w in &r.warnings {
             eprintln!("warning: {w}");
@@ -248,89 +309,48 @@ impl Out {
         exit_code(r)
     }
 
-    /// `mcp ps`: SERVICE COMPONENT NODE STATE VERSION UPTIME. `missing`:
-    /// placed services their node does not report; `orphans`: services
-    /// running where the master did not place them.
-    pub fn ps(
-        &self,
-        listed: &[(String, Result<proto::ListServicesResponse, String>)],
-        missing: &[String],
-        orphans: &[String],
-    ) {
+    /// `mcp ps`: SERVICE COMPONENT NODE STATE VERSION UPTIME, then warnings
+    /// for unreachable nodes, missing and orphaned services.
+    pub fn ps(&self, listing: &Listing) {
         if self.json {
             let mut rows = Vec::new();
             let mut unreachable = Vec::new();
-            for (node, r) in listed {
-                match r {
-                    Ok(l) => rows.extend(l.services.iter().flat_map(|s| {
+            for n in &listing.nodes {
+                match &n.services {
+                    Ok(services) => rows.extend(services.iter().flat_map(|s| {
                         s.components.iter().map(move |c| {
                             json!({
-                                "service": s.name, "component": c.name, "node": node,
+                                "service": s.name, "component": c.name, "node": n.node,
                                 "state": c.observed_state, "desired_state": c.desired_state,
                                 "version": c.version, "image": c.image, "started_at": c.started_at,
                             })
                         })
                     })),
-                    Err(e) => unreachable.push(json!({"node": node, "error": e})),
+                    Err(e) => unreachable.push(json!({"node": n.node, "error": e})),
                 }
             }
-            print_json(
-                &json!({"containers": rows, "unreachable": unreachable, "missing": missing, "orphans": orphans}),
-            );
+            print_json(&json!({
+                "containers": rows, "unreachable": unreachable,
+                "missing": listing.missing, "orphans": listing.orphans,
+            }));
             return;
         }
-        let mut t = table(&["SERVICE", "COMPONENT", "NODE", "STATE", "VERSION", "UPTIME"]);
-        for (node, r) in listed {
-            match r {
-                Ok(l) => {
-                    for s in &l.services {
-                        for c in &s.components {
-                            let state = if c.desired_state != "running" && c.observed_state != "running" {
-                                format!("{} ({})", c.observed_state, c.desired_state)
-                            } else if c.desired_state == "running" && c.observed_state != "running" {
-                                format!("{} (want running)", c.observed_state)
-                            } else {
-                                c.observed_state.clone()
-                            };
-                            t.add_row(vec![
-                                s.name.clone(),
-                                c.name.clone(),
-                                node.clone(),
-                                state,
-                                c.version.clone(),
-                                age(c.started_at),
-                            ]);
-                        }
-                    }
-                }
-                Err(_) => {
-                    t.add_row(vec![
-                        "-".into(),
-                        "-".into(),
-                        node.clone(),
-                        "unreachable".into(),
-                        "-".into(),
-                        "-".into(),
-                    ]);
-                }
+        print_table(&ps_table(listing));
+        for n in &listing.nodes {
+            if let Err(e) = &n.services {
+                eprintln!("warning: node {} unreachable: {e}", n.node);
             }
         }
-        print_table(&t);
-        for (node, r) in listed {
-            if let Err(e) = r {
-                eprintln!("warning: node {node} unreachable: {e}");
-            }
-        }
-        for m in missing {
+        for m in &listing.missing {
             eprintln!("warning: placed but not running: {m}");
         }
-        for o in orphans {
+        for o in &listing.orphans {
             eprintln!("warning: orphan (not placed there by the master): {o}");
         }
     }
 
-    /// Result of an operation through the master; returns the exit code.
-    pub fn fleet_operation(&self, r: &proto::FleetOperationResponse) -> u8 {
+    /// Result of an operation and where it ran; returns the exit code.
+    pub fn placed(&self, r: &Placed) -> u8 {
         let Some(result) = &r.result else { return 0 };
         if !self.json && !r.placement.is_empty() {
             println!("placement: {} ({})", r.node, r.placement);
@@ -339,14 +359,9 @@ impl Out {
     }
 
     /// `mcp dns list`.
-    pub fn dns(&self, r: &proto::ListDnsRecordsResponse) {
+    pub fn dns(&self, r: &DnsZone) {
         if self.json {
-            let rows: Vec<Value> = r
-                .records
-                .iter()
-                .map(|d| json!({"name": d.name, "type": d.r#type, "value": d.value, "ttl": d.ttl, "node": d.node, "service": d.service}))
-                .collect();
-            print_json(&json!({"zone": r.zone, "listen": r.listen, "records": rows}));
+            print_json(r);
             return;
         }
         let served = if r.listen.is_empty() {
@@ -357,31 +372,22 @@ impl Out {
         println!("zone {} ({served})", r.zone);
         let mut t = table(&["NAME", "TYPE", "VALUE", "TTL", "NODE", "SERVICE"]);
         for d in &r.records {
-            t.add_row(vec![
-                d.name.clone(),
-                d.r#type.clone(),
-                d.value.clone(),
-                d.ttl.to_string(),
-                d.node.clone(),
-                d.service.clone(),
+            t.add_row([
+                d.name.as_str(),
+                &d.kind,
+                &d.value,
+                &d.ttl.to_string(),
+                &d.node,
+                &d.service,
             ]);
         }
         print_table(&t);
     }
 
     /// `mcp route list`: routes grouped by node and listener.
-    pub fn routes(&self, nodes: &[proto::NodeRoutes]) {
+    pub fn routes(&self, nodes: &[NodeRoutes]) {
         if self.json {
-            let rows: Vec<Value> = nodes
-                .iter()
-                .map(|n| {
-                    json!({"node": n.node, "error": n.error, "routes": n.routes.iter().map(|r| json!({
-                        "service": r.service, "listener_port": r.listener_port, "listener": r.listener,
-                        "hostname": r.hostname, "mode": r.mode, "backend": r.backend, "backend_tls": r.backend_tls,
-                        "cert": r.cert})).collect::<Vec<_>>()})
-                })
-                .collect();
-            print_json(&json!({ "nodes": rows }));
+            print_json(&json!({ "nodes": nodes }));
             return;
         }
         for n in nodes {
@@ -420,25 +426,17 @@ impl Out {
                     };
                     t.add_row(vec![r.hostname.clone(), r.mode.clone(), backend, r.service.clone()]);
                 }
-                for line in t.to_string().lines() {
-                    println!("  {}", line.strip_prefix(' ').unwrap_or(line).trim_end());
+                for line in lines(&t) {
+                    println!("  {line}");
                 }
             }
         }
     }
 
     /// `mcp edge list|status`.
-    pub fn edges(&self, routes: &[proto::EdgeRouteInfo], status: bool) {
+    pub fn edges(&self, routes: &[EdgeRoute], status: bool) {
         if self.json {
-            let rows: Vec<Value> = routes
-                .iter()
-                .map(|e| {
-                    json!({"hostname": e.hostname, "service": e.service, "edge_node": e.edge_node,
-                           "backend_hostname": e.backend_hostname, "backend_port": e.backend_port,
-                           "cert_serial": e.cert_serial, "cert_expires_at": e.cert_expires_at, "state": e.state})
-                })
-                .collect();
-            print_json(&json!({ "edge_routes": rows }));
+            print_json(&json!({ "edge_routes": routes }));
             return;
         }
         let mut header = vec!["HOSTNAME", "SERVICE", "EDGE", "BACKEND", "CERT SERIAL", "EXPIRES IN"];
@@ -468,72 +466,24 @@ impl Out {
     }
 
     /// The plan (and results) of `mcp sync`.
-    pub fn sync(&self, r: &proto::SyncResponse) {
+    pub fn sync(&self, r: &SyncReport) {
         if self.json {
-            let rows: Vec<Value> = r
-                .actions
-                .iter()
-                .map(|a| {
-                    json!({"service": a.service, "action": a.action, "node": a.node, "changed": a.changed,
-                           "success": a.success, "error": a.error})
-                })
-                .collect();
-            print_json(&json!({"dry_run": r.dry_run, "actions": rows}));
+            print_json(r);
             return;
         }
-        let mut t = table(&["SERVICE", "ACTION", "NODE", "CHANGED", "RESULT"]);
-        for a in &r.actions {
-            let result = if r.dry_run {
-                "planned".to_string()
-            } else if a.success {
-                "ok".to_string()
-            } else {
-                format!("FAILED: {}", a.error)
-            };
-            t.add_row(vec![
-                a.service.clone(),
-                a.action.clone(),
-                if a.node.is_empty() { "-".into() } else { a.node.clone() },
-                if a.changed.is_empty() {
-                    "-".into()
-                } else {
-                    a.changed.join(", ")
-                },
-                result,
-            ]);
-        }
-        print_table(&t);
+        print_table(&sync_table(r));
         if r.dry_run {
             println!("dry run: nothing was changed");
         }
     }
 
     /// `mcp node list` through the master.
-    pub fn fleet_nodes(&self, nodes: &[proto::NodeInfo]) {
+    pub fn fleet_nodes(&self, nodes: &[FleetNode]) {
         if self.json {
-            let rows: Vec<Value> = nodes
-                .iter()
-                .map(|n| {
-                    json!({"name": n.name, "address": n.address, "version": n.version, "status": n.status,
-                           "status_reason": n.status_reason, "role": n.role, "arch": n.arch, "last_seen": n.last_seen,
-                           "containers": n.containers, "cpus": n.cpus, "cpu_load": n.cpu_load,
-                           "memory_total_bytes": n.memory_total_bytes, "memory_available_bytes": n.memory_available_bytes,
-                           "disk_total_bytes": n.disk_total_bytes, "disk_available_bytes": n.disk_available_bytes})
-                })
-                .collect();
-            print_json(&json!({ "nodes": rows }));
+            print_json(&json!({ "nodes": nodes }));
             return;
         }
-        let mut t = table(&[
-            "NAME",
-            "ADDRESS",
-            "VERSION",
-            "STATUS",
-            "ROLE",
-            "ARCH",
-            "LAST SEEN",
-            "CONTAINERS",
-        ]);
+        let mut t = node_table(&["ROLE", "ARCH", "LAST SEEN", "CONTAINERS"]);
         for n in nodes {
             t.add_row(vec![
                 Cell::new(&n.name),
@@ -553,9 +503,9 @@ impl Out {
     }
 
     /// A fresh join token and how to use it.
-    pub fn join_token(&self, r: &proto::AddNodeResponse, master: &str) {
+    pub fn join_token(&self, r: &JoinToken, master: &str) {
         if self.json {
-            print_json(&json!({"node": r.name, "token": r.token, "expires_at": r.expires_at}));
+            print_json(r);
             return;
         }
         println!(
@@ -569,15 +519,11 @@ impl Out {
     }
 
     /// `mcp status <svc>`.
-    pub fn status(&self, node: &str, st: &proto::ServiceStatus) {
+    pub fn status(&self, node: &str, st: &ServiceStatus) {
         let Some(s) = &st.service else { return };
         if self.json {
-            let mut v = service_json(s);
-            v["events"] = st
-                .events
-                .iter()
-                .map(|e| json!({"time_ms": e.time, "component": e.component, "kind": e.kind, "message": e.message}))
-                .collect();
+            let mut v = serde_json::to_value(s).expect("a service has string keys only");
+            v["events"] = json!(st.events);
             print_json(&v);
             return;
         }
@@ -597,14 +543,15 @@ impl Out {
             "RESTARTS",
         ]);
         for c in &s.components {
-            t.add_row(vec![
-                c.name.clone(),
-                c.container.clone(),
-                c.image.clone(),
-                c.desired_state.clone(),
-                c.observed_state.clone(),
-                age(c.started_at),
-                c.restart_count.to_string(),
+            let (uptime, restarts) = (age(c.started_at), c.restart_count.to_string());
+            t.add_row([
+                &c.name,
+                &c.container,
+                &c.image,
+                &c.desired_state,
+                &c.observed_state,
+                &uptime,
+                &restarts,
             ]);
         }
         print_table(&t);
@@ -629,7 +576,7 @@ impl Out {
             let mut t = table(&["AGE", "COMPONENT", "EVENT", "MESSAGE"]);
             for e in &st.events {
                 t.add_row(vec![
-                    age(e.time / 1000),
+                    age(e.time_ms / 1000),
                     if e.component.is_empty() {
                         "-".into()
                     } else {
@@ -644,41 +591,25 @@ impl Out {
     }
 
     /// `mcp node list` in direct mode.
-    pub fn nodes(&self, results: &[(NodeRef, Result<proto::NodeStatusResponse, String>)]) {
+    pub fn nodes(&self, results: &[(NodeRef, Result<NodeStatus, String>)]) {
         if self.json {
             let rows: Vec<Value> = results
                 .iter()
                 .map(|(n, r)| match r {
-                    Ok(s) => json!({
-                        "name": n.name, "address": n.address.list(), "status": "reachable",
-                        "version": s.version, "commit": s.git_commit, "arch": s.arch,
-                        "uptime_seconds": s.uptime_seconds, "podman": s.podman_version,
-                        "services": s.services, "containers": s.containers, "containers_running": s.containers_running,
-                        "cpus": s.cpus, "load1": s.load1,
-                        "memory_total_bytes": s.memory_total_bytes, "memory_available_bytes": s.memory_available_bytes,
-                        "disk_total_bytes": s.disk_total_bytes, "disk_available_bytes": s.disk_available_bytes,
-                        "cgroup_version": s.cgroup_version, "limits_enforced": s.limits_enforced,
-                        "boot": s.boot.iter().map(|b| json!({
-                            "stage": b.name, "state": b.state, "detail": b.detail, "services": b.services,
-                        })).collect::<Vec<_>>(),
-                        "monitor_last_run": s.monitor_last_run, "drifted": s.drifted,
-                    }),
+                    Ok(s) => {
+                        let mut row = serde_json::to_value(s).expect("a node status has string keys only");
+                        row["name"] = json!(n.name);
+                        row["address"] = json!(n.address.list());
+                        row["status"] = json!("reachable");
+                        row
+                    }
                     Err(e) => json!({"name": n.name, "address": n.address.list(), "status": "unreachable", "error": e}),
                 })
                 .collect();
             print_json(&json!({ "nodes": rows }));
             return;
         }
-        let mut t = table(&[
-            "NAME",
-            "ADDRESS",
-            "VERSION",
-            "STATUS",
-            "ARCH",
-            "UPTIME",
-            "CONTAINERS",
-            "PODMAN",
-        ]);
+        let mut t = node_table(&["ARCH", "UPTIME", "CONTAINERS", "PODMAN"]);
         for (n, r) in results {
             let addr = n.address.list().join(",");
             match r {
@@ -716,6 +647,7 @@ impl Out {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::view::{NodeServices, Service, SyncAction};
 
     #[test]
     fn durations() {
@@ -723,5 +655,147 @@ mod tests {
         assert_eq!(duration(125), "2m5s");
         assert_eq!(duration(3 * 3600 + 120), "3h2m");
         assert_eq!(duration(2 * 86400 + 3600), "2d1h");
+    }
+
+    fn component(name: &str, desired: &str, observed: &str) -> Component {
+        Component {
+            name: name.into(),
+            desired_state: desired.into(),
+            observed_state: observed.into(),
+            version: "1.2".into(),
+            ..Component::default()
+        }
+    }
+
+    #[test]
+    fn ps_states() {
+        for (desired, observed, want) in [
+            ("running", "running", "running"),
+            ("running", "exited", "exited (want running)"),
+            ("stopped", "exited", "exited (stopped)"),
+            ("stopped", "running", "running"),
+            ("ignore", "missing", "missing (ignore)"),
+        ] {
+            assert_eq!(
+                ps_state(&component("api", desired, observed)),
+                want,
+                "{desired}/{observed}"
+            );
+        }
+    }
+
+    #[test]
+    fn ps_rows() {
+        let listing = Listing {
+            nodes: vec![
+                NodeServices {
+                    node: "rift".into(),
+                    services: Ok(vec![Service {
+                        name: "web".into(),
+                        components: vec![
+                            component("api", "running", "running"),
+                            component("db", "running", "exited"),
+                        ],
+                        ..Service::default()
+                    }]),
+                },
+                NodeServices {
+                    node: "calypso".into(),
+                    services: Err("connection refused".into()),
+                },
+            ],
+            ..Listing::default()
+        };
+        assert_eq!(
+            lines(&ps_table(&listing)),
+            [
+                "SERVICE  COMPONENT  NODE     STATE                  VERSION  UPTIME",
+                "web      api        rift     running                1.2      -",
+                "web      db         rift     exited (want running)  1.2      -",
+                "-        -          calypso  unreachable            -        -",
+            ]
+        );
+    }
+
+    #[test]
+    fn step_rows() {
+        let step = |name: &str, success, skipped| Step {
+            step: name.into(),
+            success,
+            skipped,
+            detail: format!("{name} done"),
+            error: format!("{name} broke"),
+            duration_ms: 7,
+        };
+        let steps = [
+            step("ports", true, false),
+            step("routes", true, true),
+            step("containers", false, false),
+        ];
+        assert_eq!(
+            lines(&steps_table(&steps)),
+            [
+                "STEP        RESULT   TIME  DETAIL",
+                "ports       ok       7ms   ports done",
+                "routes      skipped  7ms   routes done",
+                "containers  FAILED   7ms   containers broke",
+            ]
+        );
+        let op = |steps: Vec<Step>| Operation {
+            steps,
+            ..Operation::default()
+        };
+        assert_eq!(exit_code(&op(steps[..2].to_vec())), 0);
+        assert_eq!(exit_code(&op(steps.to_vec())), 1);
+        assert_eq!(exit_code(&op(vec![])), 0);
+    }
+
+    #[test]
+    fn sync_rows() {
+        let action = |service: &str, node: &str, changed: &[&str], success| SyncAction {
+            service: service.into(),
+            action: "redeploy".into(),
+            node: node.into(),
+            changed: changed.iter().map(|c| c.to_string()).collect(),
+            success,
+            error: "pull failed".into(),
+        };
+        let mut report = SyncReport {
+            actions: vec![
+                action("web", "rift", &["components[api].image", "tier"], true),
+                action("old", "", &[], false),
+            ],
+            dry_run: true,
+        };
+        assert_eq!(
+            lines(&sync_table(&report)),
+            [
+                "SERVICE  ACTION    NODE  CHANGED                      RESULT",
+                "web      redeploy  rift  components[api].image, tier  planned",
+                "old      redeploy  -     -                            planned",
+            ]
+        );
+        report.dry_run = false;
+        assert_eq!(
+            lines(&sync_table(&report))[1..],
+            [
+                "web      redeploy  rift  components[api].image, tier  ok",
+                "old      redeploy  -     -                            FAILED: pull failed",
+            ]
+        );
+    }
+
+    #[test]
+    fn json_keys_are_sorted() {
+        // Field order does not leak into the output: scripts and tests
+        // compare it as text.
+        let zone = DnsZone {
+            zone: "svc.mcp".into(),
+            ..DnsZone::default()
+        };
+        assert_eq!(
+            to_json(&zone),
+            "{\n  \"listen\": [],\n  \"records\": [],\n  \"zone\": \"svc.mcp\"\n}"
+        );
     }
 }

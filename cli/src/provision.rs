@@ -11,15 +11,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{DEFAULT_INSTALL_DIR, NodeRef};
 use anyhow::{Context, Result, bail};
-use mcp_proto as proto;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
-use crate::conn::Ctx;
-use crate::ssh::{HostKeys, Login, Session, Target, quote, quote_path};
-use crate::usage;
+use crate::config::{DEFAULT_INSTALL_DIR, NodeRef};
+use crate::ctx::Ctx;
+use crate::output::{print_json, print_table, table};
+use crate::release::Binary;
+use crate::ssh::{Login, Session, Target, quote, quote_path};
 
 /// The unit template; provisioning substitutes user, UID and directory.
 const AGENT_UNIT: &str = include_str!("../../systemd/mcp-agent.service");
@@ -103,30 +102,12 @@ pub async fn provision(ctx: &Ctx, args: ProvisionArgs) -> Result<u8> {
     let dir_s = dir.to_string_lossy().to_string();
     let arch = node.arch.clone().unwrap_or_else(|| "amd64".into());
     let dist = args.dist.clone().unwrap_or_else(|| ctx.cfg.upgrade.dist.clone());
-    let bin_path = dist.join(&arch).join("mcp-agent");
-    let binary = match std::fs::read(&bin_path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            usage!(
-                "{} is missing: build the release first (dev/release) or pass --dist",
-                bin_path.display()
-            )
-        }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", bin_path.display())),
-    };
-    let sha = hex::encode(Sha256::digest(&binary));
-    let login = Login {
-        host_keys: HostKeys {
-            known_hosts: ctx.cfg.ssh.known_hosts.clone(),
-            accept_new: args.accept_new_host_key,
-        },
-        identity: ctx.cfg.ssh.identity.clone(),
-        connect_timeout: Duration::from_secs(ctx.cfg.ssh.connect_timeout),
-    };
+    let binary = Binary::read(&Binary::path(&dist, &arch))?;
+    let login = Login::new(&ctx.cfg.ssh, args.accept_new_host_key);
     let name = node.name.as_str();
     eprintln!("{name}: connecting to root@{}", target.known_hosts_name());
     let s = Session::connect(&target, &login).await?;
-    let result = run_steps(ctx, &node, &s, user, uid, &dir_s, &binary, &sha).await;
+    let result = run_steps(ctx, &node, &s, user, uid, &dir_s, &binary).await;
     s.close().await;
     let steps = result?;
     if ctx.out.json {
@@ -134,11 +115,9 @@ pub async fn provision(ctx: &Ctx, args: ProvisionArgs) -> Result<u8> {
             .iter()
             .map(|st| json!({"step": st.name, "result": label(st.result), "detail": st.detail}))
             .collect();
-        crate::output::print_json(&json!({"node": name, "steps": rows}));
+        print_json(&json!({"node": name, "steps": rows}));
     } else {
-        let mut t = comfy_table::Table::new();
-        t.load_style(comfy_table::presets::NOTHING);
-        t.set_header(["STEP", "RESULT", "DETAIL"]);
+        let mut t = table(&["STEP", "RESULT", "DETAIL"]);
         for st in &steps {
             t.add_row(vec![
                 st.name.to_string(),
@@ -146,9 +125,7 @@ pub async fn provision(ctx: &Ctx, args: ProvisionArgs) -> Result<u8> {
                 st.detail.clone(),
             ]);
         }
-        for line in t.to_string().lines() {
-            println!("{}", line.strip_prefix(' ').unwrap_or(line).trim_end());
-        }
+        print_table(&t);
         let changed = steps.iter().filter(|s| s.result == Result_::Changed).count();
         println!(
             "{name}: {}",
@@ -170,7 +147,6 @@ fn label(r: Result_) -> &'static str {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run_steps(
     ctx: &Ctx,
     node: &NodeRef,
@@ -178,9 +154,9 @@ async fn run_steps(
     user: &str,
     uid: u32,
     dir: &str,
-    binary: &[u8],
-    sha: &str,
+    binary: &Binary,
 ) -> Result<Vec<Step>> {
+    let sha = binary.sha256.as_str();
     let p = &ctx.cfg.provision;
     let name = node.name.as_str();
     let (qu, qd) = (quote(user), quote(dir));
@@ -317,7 +293,7 @@ async fn run_steps(
     } else {
         let new = quote(&format!("{dir}/mcp-agent.new"));
         let out = s
-            .exec_with_input(&format!("umask 022 && cat > {new}"), binary, |_| {})
+            .exec_with_input(&format!("umask 022 && cat > {new}"), &binary.bytes, |_| {})
             .await?;
         if !out.success() {
             bail!("node {name}: uploading the agent: {}", out.stderr.trim());
@@ -357,15 +333,7 @@ async fn run_steps(
             );
         };
         let mut client = ctx.master(Duration::from_secs(15)).await?;
-        let token = client
-            .add_node(proto::AddNodeRequest {
-                name: name.to_string(),
-                ttl_seconds: 600,
-            })
-            .await
-            .map_err(|st| ctx.rpc_error("master", st))?
-            .into_inner()
-            .token;
+        let token = client.add_node(name, 600).await?.token;
         let first = node.address.list().into_iter().next().unwrap_or_default();
         let (host, port) = first.rsplit_once(':').unwrap_or((first.as_str(), "9444"));
         let cmd = format!(

@@ -1,21 +1,23 @@
 //! `mcp snapshot` and `mcp migrate` (SPEC §11), through the master: it
 //! stores the archives and moves placements.
 
+use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use mcp_proto as proto;
 use serde_json::json;
 
-use crate::conn::{Ctx, request_id};
+use crate::client::{MasterClient, RpcError, request_id};
+use crate::ctx::Ctx;
+use crate::error::{UsageError, usage};
 use crate::output::print_json;
-use crate::usage;
+use crate::target::READ_TIMEOUT;
+use crate::view::{MoveRequest, Step};
 
 /// Longest a snapshot, restore or migration may take, with the master's
 /// own timeouts (600 s for the data, 300 s for a deploy) inside it.
 const DATA_TIMEOUT: Duration = Duration::from_secs(1800);
-const READ_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// `mcp snapshot <svc>` | `mcp snapshot list [svc]` | `mcp snapshot restore <svc> [--at ts]`.
 #[derive(Args)]
@@ -68,11 +70,25 @@ pub struct MigrateArgs {
     pub force: bool,
 }
 
-fn snapshot_json(s: &proto::SnapshotInfo) -> serde_json::Value {
-    json!({
-        "service": s.service, "name": s.name, "created_at": s.created_at, "node": s.node,
-        "size": s.size, "sha256": s.sha256, "path": s.path,
-    })
+/// The JSON of a step in snapshot and migration results: without
+/// `skipped`, and with the duration only where asked.
+fn step_json(s: &Step, with_duration: bool) -> serde_json::Value {
+    let mut v = json!({"step": s.step, "success": s.success, "detail": s.detail, "error": s.error});
+    if with_duration {
+        v["duration_ms"] = json!(s.duration_ms);
+    }
+    v
+}
+
+/// Runs one long call on the master behind a spinner.
+async fn long_call<T, F, Fut>(ctx: &Ctx, what: &str, call: F) -> Result<T>
+where
+    F: FnOnce(MasterClient) -> Fut,
+    Fut: Future<Output = Result<T, RpcError>>,
+{
+    let client = ctx.master(DATA_TIMEOUT).await?;
+    let _progress = ctx.out.progress(what);
+    Ok(call(client).await?)
 }
 
 fn size(bytes: u64) -> String {
@@ -90,7 +106,7 @@ fn size(bytes: u64) -> String {
     }
 }
 
-fn steps_table(steps: &[proto::StepResult]) {
+fn steps_table(steps: &[Step]) {
     for s in steps {
         let (result, text) = if s.success {
             ("ok", &s.detail)
@@ -115,20 +131,14 @@ pub async fn snapshot(ctx: &Ctx, direct: bool, args: SnapshotArgs) -> Result<u8>
 }
 
 async fn create(ctx: &Ctx, service: String) -> Result<u8> {
-    mcp_model::service::check_name(&service).map_err(|r| crate::UsageError(format!("service {service:?}: {r}")))?;
-    let mut client = ctx.master(DATA_TIMEOUT).await?;
-    let progress = ctx.out.progress(&format!("snapshotting {service}"));
-    let r = client
-        .create_snapshot(proto::CreateSnapshotRequest {
-            service,
-            request_id: request_id(),
-        })
-        .await;
-    drop(progress);
-    let r = r.map_err(|s| ctx.rpc_error("master", s))?.into_inner();
-    let s = r.snapshot.unwrap_or_default();
+    mcp_model::service::check_name(&service).map_err(|r| UsageError(format!("service {service:?}: {r}")))?;
+    let r = long_call(ctx, &format!("snapshotting {service}"), |mut c| async move {
+        c.create_snapshot(&service, &request_id()).await
+    })
+    .await?;
+    let s = &r.snapshot;
     if ctx.out.json {
-        print_json(&json!({"snapshot": snapshot_json(&s), "pruned": r.pruned, "warnings": r.warnings}));
+        print_json(&r);
     } else {
         println!(
             "snapshot {} of {} from {}: {} sha256 {}",
@@ -149,18 +159,13 @@ async fn create(ctx: &Ctx, service: String) -> Result<u8> {
 }
 
 async fn list(ctx: &Ctx, service: String) -> Result<u8> {
-    let mut client = ctx.master(READ_TIMEOUT).await?;
-    let r = client
-        .list_snapshots(proto::ListSnapshotsRequest { service })
-        .await
-        .map_err(|s| ctx.rpc_error("master", s))?
-        .into_inner();
+    let snapshots = ctx.master(READ_TIMEOUT).await?.snapshots(&service).await?;
     if ctx.out.json {
-        print_json(&json!(r.snapshots.iter().map(snapshot_json).collect::<Vec<_>>()));
+        print_json(&snapshots);
         return Ok(0);
     }
     println!("{:<20} {:<22} {:<14} {:>10}  SHA256", "SERVICE", "NAME", "NODE", "SIZE");
-    for s in &r.snapshots {
+    for s in &snapshots {
         println!(
             "{:<20} {:<22} {:<14} {:>10}  {}",
             s.service,
@@ -175,23 +180,16 @@ async fn list(ctx: &Ctx, service: String) -> Result<u8> {
 
 async fn restore(ctx: &Ctx, service: String, at: String) -> Result<u8> {
     if !at.is_empty() {
-        mcp_model::snapshot::check_selector(&at).map_err(|r| crate::UsageError(format!("--at: {r}")))?;
+        mcp_model::snapshot::check_selector(&at).map_err(|r| UsageError(format!("--at: {r}")))?;
     }
-    let mut client = ctx.master(DATA_TIMEOUT).await?;
-    let progress = ctx.out.progress(&format!("restoring {service}"));
-    let r = client
-        .restore_snapshot(proto::RestoreSnapshotRequest {
-            service,
-            at,
-            request_id: request_id(),
-        })
-        .await;
-    drop(progress);
-    let r = r.map_err(|s| ctx.rpc_error("master", s))?.into_inner();
-    let s = r.snapshot.unwrap_or_default();
+    let r = long_call(ctx, &format!("restoring {service}"), |mut c| async move {
+        c.restore_snapshot(&service, &at, &request_id()).await
+    })
+    .await?;
+    let s = &r.snapshot;
     if ctx.out.json {
-        print_json(&json!({"node": r.node, "snapshot": snapshot_json(&s),
-            "steps": r.steps.iter().map(|s| json!({"step": s.step, "success": s.success, "detail": s.detail, "error": s.error})).collect::<Vec<_>>()}));
+        let steps: Vec<_> = r.steps.iter().map(|s| step_json(s, false)).collect();
+        print_json(&json!({"node": r.node, "snapshot": s, "steps": steps}));
     } else {
         steps_table(&r.steps);
         println!("restored {} on {} from snapshot {}", s.service, r.node, s.name);
@@ -210,33 +208,35 @@ pub async fn migrate(ctx: &Ctx, direct: bool, args: MigrateArgs) -> Result<u8> {
         (Some(s), false) => s.clone(),
         (None, true) => String::new(),
     };
-    let mut client = ctx.master(DATA_TIMEOUT).await?;
-    let progress = ctx.out.progress("migrating");
-    let r = client
-        .migrate_service(proto::MigrateServiceRequest {
-            service,
-            to: args.to,
-            force: args.force,
-            request_id: request_id(),
-            all: args.all,
-            from: args.from.unwrap_or_default(),
-        })
-        .await;
-    drop(progress);
-    let r = r.map_err(|s| ctx.rpc_error("master", s))?.into_inner();
+    let request = MoveRequest {
+        service,
+        to: args.to,
+        force: args.force,
+        all: args.all,
+        from: args.from.unwrap_or_default(),
+    };
+    let results = long_call(ctx, "migrating", |mut c| async move {
+        c.migrate(&request, &request_id()).await
+    })
+    .await?;
     // Services `--all` skips (core tier, pinned) are reported, not failures.
-    let failed = r.results.iter().any(|m| !m.success && !m.error.starts_with("skipped"));
+    let failed = results.iter().any(|m| !m.success && !m.error.starts_with("skipped"));
     if ctx.out.json {
-        print_json(&json!(r.results.iter().map(|m| json!({
-            "service": m.service, "from": m.from, "to": m.to, "success": m.success, "error": m.error,
-            "snapshot": m.snapshot.as_ref().map(snapshot_json),
-            "steps": m.steps.iter().map(|s| json!({"step": s.step, "success": s.success, "detail": s.detail, "error": s.error, "duration_ms": s.duration_ms})).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>()));
+        print_json(&json!(
+            results
+                .iter()
+                .map(|m| json!({
+                    "service": m.service, "from": m.from, "to": m.to, "success": m.success, "error": m.error,
+                    "snapshot": m.snapshot,
+                    "steps": m.steps.iter().map(|s| step_json(s, true)).collect::<Vec<_>>(),
+                }))
+                .collect::<Vec<_>>()
+        ));
     } else {
-        if r.results.is_empty() {
+        if results.is_empty() {
             println!("nothing to migrate");
         }
-        for m in &r.results {
+        for m in &results {
             println!("{} {} → {}", m.service, m.from, m.to);
             steps_table(&m.steps);
             if m.success {
@@ -246,5 +246,5 @@ pub async fn migrate(ctx: &Ctx, direct: bool, args: MigrateArgs) -> Result<u8> {
             }
         }
     }
-    Ok(if failed { 1 } else { 0 })
+    Ok(u8::from(failed))
 }

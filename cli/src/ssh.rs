@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config::NodeRef;
 use anyhow::{Context, Result, anyhow, bail};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey};
 use russh::{ChannelMsg, client};
+
+use crate::config::{NodeRef, SshSection};
+use crate::error::usage;
 
 /// Where and as whom to log in on a node.
 #[derive(Debug, Clone)]
@@ -25,7 +27,7 @@ impl Target {
     /// configured user (provisioning logs in as root).
     pub fn of(node: &NodeRef, user: Option<&str>) -> Result<Target> {
         let Some(ssh) = &node.ssh else {
-            crate::usage!("node {}: no `ssh` configured in its [[nodes]] entry", node.name);
+            usage!("node {}: no `ssh` configured in its [[nodes]] entry", node.name);
         };
         let (u, host) = match ssh.rsplit_once('@') {
             Some((u, h)) => (u.to_string(), h.to_string()),
@@ -64,6 +66,20 @@ pub struct Login {
     pub host_keys: HostKeys,
     pub identity: PathBuf,
     pub connect_timeout: Duration,
+}
+
+impl Login {
+    /// The `[ssh]` settings; `accept_new` records unknown host keys.
+    pub fn new(ssh: &SshSection, accept_new: bool) -> Login {
+        Login {
+            host_keys: HostKeys {
+                known_hosts: ssh.known_hosts.clone(),
+                accept_new,
+            },
+            identity: ssh.identity.clone(),
+            connect_timeout: Duration::from_secs(ssh.connect_timeout),
+        }
+    }
 }
 
 /// What the host-key check decided, kept for the error message.

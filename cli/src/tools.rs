@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use clap::CommandFactory;
 
-use crate::Cli;
+use crate::args::Cli;
 
 /// `mcp completions <shell>`: the completion script on stdout.
 pub fn completions(shell: clap_complete::Shell) -> Result<u8> {

@@ -11,20 +11,22 @@
 //! conmon, not to the agent, so they keep running throughout.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::collections::btree_map::Entry;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{DEFAULT_INSTALL_DIR, DEFAULT_RESTART, NodeRef};
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use futures::StreamExt;
-use mcp_proto as proto;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
-use crate::conn::Ctx;
-use crate::ssh::{HostKeys, Login, Session, Target, quote_path};
-use crate::usage;
+use crate::config::{DEFAULT_INSTALL_DIR, DEFAULT_RESTART, NodeRef};
+use crate::ctx::Ctx;
+use crate::error::usage;
+use crate::output::{print_json, print_table, table};
+use crate::release::Binary;
+use crate::ssh::{Login, Session, Target, quote_path};
+use crate::view::NodeStatus;
 
 /// Options of `mcp agent upgrade`.
 #[derive(clap::Args, Debug)]
@@ -53,13 +55,6 @@ pub struct UpgradeArgs {
 pub struct StatusArgs {
     /// Nodes to show (default: every node in [[nodes]]).
     pub nodes: Vec<String>,
-}
-
-/// An agent binary to install.
-struct Binary {
-    path: PathBuf,
-    bytes: Vec<u8>,
-    sha256: String,
 }
 
 /// How one node's upgrade ended.
@@ -103,39 +98,6 @@ fn select<'a>(ctx: &'a Ctx, names: &[String]) -> Result<Vec<&'a NodeRef>> {
         .collect())
 }
 
-fn login(ctx: &Ctx, accept_new: bool) -> Login {
-    Login {
-        host_keys: HostKeys {
-            known_hosts: ctx.cfg.ssh.known_hosts.clone(),
-            accept_new,
-        },
-        identity: ctx.cfg.ssh.identity.clone(),
-        connect_timeout: Duration::from_secs(ctx.cfg.ssh.connect_timeout),
-    }
-}
-
-fn load_binary(path: &Path) -> Result<Binary> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            usage!(
-                "{} is missing: build the release first (dev/release) or pass --dist",
-                path.display()
-            )
-        }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    if bytes.len() < 4 || (&bytes[..4] != b"\x7fELF" && &bytes[..2] != b"#!") {
-        usage!("{}: not an executable (no ELF header)", path.display());
-    }
-    let sha256 = hex::encode(Sha256::digest(&bytes));
-    Ok(Binary {
-        path: path.to_path_buf(),
-        bytes,
-        sha256,
-    })
-}
-
 /// "0.1.0 (commit abc)" from `mcp-agent --version` output
 /// ("mcp-agent 0.1.0 (commit abc)").
 fn parse_version(out: &str) -> Option<String> {
@@ -144,18 +106,10 @@ fn parse_version(out: &str) -> Option<String> {
     (v.contains("(commit ") && v.ends_with(')')).then(|| v.to_string())
 }
 
-fn long_version(s: &proto::NodeStatusResponse) -> String {
-    format!("{} (commit {})", s.version, s.git_commit)
-}
-
 /// What the agent answers right now (NodeStatus), or why not.
-async fn agent_version(ctx: &Ctx, node: &NodeRef) -> Result<proto::NodeStatusResponse> {
+async fn agent_version(ctx: &Ctx, node: &NodeRef) -> Result<NodeStatus> {
     let mut c = ctx.agent(node, Duration::from_secs(5)).await?;
-    let s = c
-        .node_status(proto::NodeStatusRequest {})
-        .await
-        .map_err(|s| anyhow!("{}", s.message()))?;
-    Ok(s.into_inner())
+    c.node_status().await.map_err(|e| anyhow!("{}", e.message))
 }
 
 /// Polls the agent until it reports `want`, or `wait` passes.
@@ -163,8 +117,8 @@ async fn wait_for_version(ctx: &Ctx, node: &NodeRef, want: &str, wait: Duration)
     let deadline = Instant::now() + wait;
     loop {
         let last = match agent_version(ctx, node).await {
-            Ok(s) if long_version(&s) == want => return Ok(()),
-            Ok(s) => format!("answers with {}", long_version(&s)),
+            Ok(s) if s.long_version() == want => return Ok(()),
+            Ok(s) => format!("answers with {}", s.long_version()),
             Err(e) => format!("{e:#}"),
         };
         if Instant::now() >= deadline {
@@ -192,13 +146,12 @@ pub async fn upgrade(ctx: &Ctx, args: UpgradeArgs) -> Result<u8> {
     let wait = Duration::from_secs(args.wait.unwrap_or(ctx.cfg.upgrade.wait));
     let mut binaries = BTreeMap::new();
     for n in &nodes {
-        let arch = arch_of(n).to_string();
-        if !binaries.contains_key(&arch) {
-            let b = load_binary(&dist.join(&arch).join("mcp-agent"))?;
-            binaries.insert(arch, Arc::new(b));
+        if let Entry::Vacant(slot) = binaries.entry(arch_of(n).to_string()) {
+            let b = Binary::read(&Binary::path(&dist, slot.key()))?.executable()?;
+            slot.insert(Arc::new(b));
         }
     }
-    let login = login(ctx, args.accept_new_host_key);
+    let login = Login::new(&ctx.cfg.ssh, args.accept_new_host_key);
     let started = Instant::now();
     let mut results: Vec<NodeResult> = futures::stream::iter(nodes.iter().map(|n| {
         let bin = binaries[arch_of(n)].clone();
@@ -280,7 +233,7 @@ async fn upgrade_node(
     }
     let before = agent_version(ctx, node).await;
     if let Ok(st) = &before {
-        *from = long_version(st);
+        *from = st.long_version();
         let reported = match st.arch.as_str() {
             "x86_64" => "amd64",
             "aarch64" => "arm64",
@@ -310,7 +263,7 @@ async fn install(
     s: &Session,
     bin: &Binary,
     wait: Duration,
-    before: Option<proto::NodeStatusResponse>,
+    before: Option<NodeStatus>,
     to: &mut String,
 ) -> Outcome {
     let name = node.name.as_str();
@@ -397,7 +350,7 @@ async fn install(
     *to = version.clone();
     // Already running exactly this binary: nothing to do.
     if let Some(b) = &before
-        && long_version(b) == version
+        && b.long_version() == version
         && let Ok(cur_sum) = s.run(&format!("sha256sum {cur}")).await
         && cur_sum.split_whitespace().next() == Some(bin.sha256.as_str())
     {
@@ -452,7 +405,7 @@ async fn install(
         Ok(_) => match restart(s, &restart_cmd).await {
             Err(e) => Err(e),
             Ok(()) => match &before {
-                Some(b) => wait_for_version(ctx, node, &long_version(b), wait)
+                Some(b) => wait_for_version(ctx, node, &b.long_version(), wait)
                     .await
                     .map_err(|last| format!("the old agent did not come back (last: {last})")),
                 None => Ok(()),
@@ -500,12 +453,10 @@ fn print_summary(ctx: &Ctx, results: &[NodeResult], total: f64) {
                 })
             })
             .collect();
-        crate::output::print_json(&json!({ "nodes": rows, "seconds": total }));
+        print_json(&json!({ "nodes": rows, "seconds": total }));
         return;
     }
-    let mut t = comfy_table::Table::new();
-    t.load_style(comfy_table::presets::NOTHING);
-    t.set_header(["NODE", "ARCH", "FROM", "TO", "RESULT", "TIME"]);
+    let mut t = table(&["NODE", "ARCH", "FROM", "TO", "RESULT", "TIME"]);
     for r in results {
         let result = match &r.outcome {
             Outcome::Upgraded => "upgraded".to_string(),
@@ -525,9 +476,7 @@ fn print_summary(ctx: &Ctx, results: &[NodeResult], total: f64) {
             format!("{:.1}s", r.seconds),
         ]);
     }
-    for line in t.to_string().lines() {
-        println!("{}", line.strip_prefix(' ').unwrap_or(line).trim_end());
-    }
+    print_table(&t);
     println!("{} node(s) in {total:.1} s", results.len());
 }
 
@@ -540,7 +489,10 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> Result<u8> {
         (*n, r)
     }))
     .await;
-    let versions: Vec<Option<String>> = answers.iter().map(|(_, r)| r.as_ref().ok().map(long_version)).collect();
+    let versions: Vec<Option<String>> = answers
+        .iter()
+        .map(|(_, r)| r.as_ref().ok().map(NodeStatus::long_version))
+        .collect();
     let (reference, flags) = skew(&versions);
     let skew = flags.iter().any(|f| *f);
     let kinds = versions
@@ -562,11 +514,9 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> Result<u8> {
                 Err(e) => json!({"node": n.name, "status": "unreachable", "error": e}),
             })
             .collect();
-        crate::output::print_json(&json!({ "nodes": rows, "skew": skew, "reference": reference }));
+        print_json(&json!({ "nodes": rows, "skew": skew, "reference": reference }));
     } else {
-        let mut t = comfy_table::Table::new();
-        t.load_style(comfy_table::presets::NOTHING);
-        t.set_header(["NODE", "VERSION", "COMMIT", "ARCH", "UPTIME", "STATUS"]);
+        let mut t = table(&["NODE", "VERSION", "COMMIT", "ARCH", "UPTIME", "STATUS"]);
         for (i, (n, r)) in answers.iter().enumerate() {
             match r {
                 Ok(s) => t.add_row(vec![
@@ -587,9 +537,7 @@ pub async fn status(ctx: &Ctx, args: StatusArgs) -> Result<u8> {
                 ]),
             };
         }
-        for line in t.to_string().lines() {
-            println!("{}", line.strip_prefix(' ').unwrap_or(line).trim_end());
-        }
+        print_table(&t);
         for (n, r) in &answers {
             if let Err(e) = r {
                 eprintln!("warning: node {} unreachable: {e}", n.name);
