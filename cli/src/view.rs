@@ -4,7 +4,11 @@
 //! (scripts parse them: a renamed field is a breaking change).
 //!
 //! These are plain data declarations and deliberately look alike: one
-//! struct per answer, with the fields the CLI shows.
+//! struct per answer, with the fields the CLI shows. Several mirror the
+//! master's own domain types (`master::reports`, `sync`, `migrate`) field
+//! for field, on purpose: each side owns its types, so the CLI's JSON
+//! cannot change because the master's model did, and the two meet only in
+//! the wire messages.
 
 use serde::Serialize;
 

@@ -1,6 +1,8 @@
 //! What agents report, as plain domain types: the master reads some of it
 //! (steps, images, proxy listeners, archive checksums) and relays the rest
 //! to the CLI unchanged. The gRPC edge converts these to and from messages.
+//! The CLI declares its own views of the same answers (`cli::view`); the
+//! parallel declarations are deliberate (each side owns its types).
 
 use std::time::Instant;
 
