@@ -225,9 +225,10 @@ fn untrusted_ca() -> (tempfile::TempDir, PathBuf) {
 
 /// Checks an adapter's `call` (its client built for a URL, token file and
 /// CA, then one authenticated request) against a TLS stand-in: trusted
-/// through the stand-in's CA by name and by address; with another CA,
-/// unavailable and nothing sent.
-pub async fn check_tls<S, F, Fut>(fake: &StandIn<S>, call: F)
+/// through the stand-in's CA by name and by address (with exactly
+/// `requests` requests per call, when given); with another CA, unavailable
+/// and nothing sent.
+pub async fn check_tls<S, F, Fut>(fake: &StandIn<S>, requests: Option<usize>, call: F)
 where
     S: Send + 'static,
     F: Fn(String, PathBuf, Option<PathBuf>) -> Fut,
@@ -243,7 +244,10 @@ where
         let result = call(url.clone(), token.clone(), Some(ca)).await;
         let seen = fake.seen();
         match result {
-            Ok(()) => assert!(trusted && !seen.is_empty(), "{url}: {seen:?}"),
+            Ok(()) => assert!(
+                trusted && !seen.is_empty() && requests.is_none_or(|n| seen.len() == n),
+                "{url}: {seen:?}"
+            ),
             Err(e) => assert!(
                 !trusted && is(&e, ErrorKind::Unavailable, "tls") && seen.is_empty(),
                 "{url}: {e}"
