@@ -118,7 +118,9 @@ pub fn deploy_finished(result: &Result<Outcome, OpError>) {
     let (label, outcome) = match result {
         Ok(o) if o.changed => ("success", Some(o)),
         Ok(o) => ("unchanged", Some(o)),
-        Err(OpError::StepFailed { outcome, .. } | OpError::PortsExhausted { outcome, .. }) => ("failed", Some(outcome)),
+        Err(OpError::StepFailed { outcome, .. } | OpError::PortsExhausted { outcome, .. }) => {
+            ("failed", Some(&**outcome))
+        }
         Err(OpError::Invalid(_) | OpError::Conflict(_) | OpError::NotFound(_)) => ("rejected", None),
         Err(_) => ("failed", None),
     };

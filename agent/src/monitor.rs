@@ -280,11 +280,11 @@ pub async fn pass(agent: &Arc<Agent>, state: &MonitorState) {
     let cfg = &agent.cfg.monitor;
     // After a `podman system reset` the API service answers from an
     // abandoned namespace: every create would hang.
-    if agent.runtime.stale() {
-        if let Err(e) = agent.runtime.ensure_fresh(agent.cfg.podman.start_service).await {
-            tracing::error!(error = %e, "monitor: podman API unusable");
-            return;
-        }
+    if agent.runtime.stale()
+        && let Err(e) = agent.runtime.ensure_fresh(agent.cfg.podman.start_service).await
+    {
+        tracing::error!(error = %e, "monitor: podman API unusable");
+        return;
     }
     let services = match agent.registry.services() {
         Ok(s) => s,

@@ -91,10 +91,10 @@ pub enum OpError {
     StepFailed {
         step: &'static str,
         error: String,
-        outcome: Outcome,
+        outcome: Box<Outcome>,
     },
     #[error("no free host port in {min}-{max}")]
-    PortsExhausted { min: u16, max: u16, outcome: Outcome },
+    PortsExhausted { min: u16, max: u16, outcome: Box<Outcome> },
     /// Data that failed its integrity check; nothing was changed.
     #[error("{0}")]
     Corrupt(String),
@@ -110,7 +110,7 @@ impl OpError {
         OpError::StepFailed {
             step: failed.name,
             error: failed.error,
-            outcome,
+            outcome: Box::new(outcome),
         }
     }
 }

@@ -95,10 +95,10 @@ impl Agent {
         )];
         for c in &rec.components {
             let mut cmds = podman_run(&c.spec);
-            if c.desired != crate::registry::Desired::Running || !rec.def.active {
-                if let Some(last) = cmds.last_mut() {
-                    *last = last.replacen("podman run -d ", "podman create ", 1);
-                }
+            if (c.desired != crate::registry::Desired::Running || !rec.def.active)
+                && let Some(last) = cmds.last_mut()
+            {
+                *last = last.replacen("podman run -d ", "podman create ", 1);
             }
             out.extend(cmds);
         }

@@ -30,7 +30,7 @@ const PLACEMENT_STATES: [&str; 5] = ["deploying", "deployed", "failed", "stopped
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let mut r = Registry::default();
-    let x = Metrics {
+    Metrics {
         deploys: DeployMetrics::register(
             &mut r,
             "mcp_master",
@@ -93,8 +93,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             GaugeFamily::default(),
         ),
         registry: r,
-    };
-    x
+    }
 });
 
 /// How a deploy the master coordinated ended.

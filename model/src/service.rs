@@ -532,11 +532,10 @@ impl Validator {
             );
         }
         match &h.port {
-            Some(p) => {
-                if !c.routes.iter().any(|r| r.name.as_deref() == Some(p.as_str())) {
-                    self.err(format!("{at}.port"), format!("no route named {p:?} in this component"));
-                }
+            Some(p) if !c.routes.iter().any(|r| r.name.as_deref() == Some(p.as_str())) => {
+                self.err(format!("{at}.port"), format!("no route named {p:?} in this component"));
             }
+            Some(_) => {}
             None if c.routes.len() != 1 => self.err(
                 format!("{at}.port"),
                 "name the route to probe (the component does not have exactly one route)",

@@ -353,9 +353,8 @@ fn logs_are_streamed() {
     agent.define(
         "chatty",
         &format!(
-            "name = \"chatty\"\n[[components]]\nname = \"a\"\nimage = \"{}\"\ncmd = [\"sh\", \"-c\", \"echo line-one; echo to-stderr >&2; exec /bin/mcp-web\"]\n[[components.routes]]\nport = 80\n[[components]]\nname = \"b\"\nimage = \"{}\"\n",
+            "name = \"chatty\"\n[[components]]\nname = \"a\"\nimage = \"{}\"\ncmd = [\"sh\", \"-c\", \"echo line-one; echo to-stderr >&2; exec /bin/mcp-web\"]\n[[components.routes]]\nport = 80\n[[components]]\nname = \"b\"\nimage = \"{REGISTRY}/mcp-test/sleeper:v1\"\n",
             web("v1"),
-            format!("{REGISTRY}/mcp-test/sleeper:v1"),
         ),
     );
     agent.mcp(&["deploy", "chatty"]).expect_code(0, "deploy");

@@ -170,7 +170,7 @@ impl Agent {
                     OpError::PortsExhausted { min, max, .. } => OpError::PortsExhausted {
                         min,
                         max,
-                        outcome: std::mem::take(out),
+                        outcome: Box::new(std::mem::take(out)),
                     },
                     _ => OpError::from_outcome(std::mem::take(out)),
                 })

@@ -186,14 +186,16 @@ mod tests {
         let b1 = spec("s-b", "img:v1");
         let recorded = BTreeMap::from([("a".to_string(), a1.clone()), ("b".to_string(), b1.clone())]);
         let wanted = vec![("a".to_string(), a1.clone()), ("b".to_string(), b1.clone())];
-        let cases: Vec<(
-            &str,
+        // (case, wanted, seen, active, dropped, expected actions)
+        type Case<'a> = (
+            &'a str,
             Vec<(String, ContainerSpec)>,
             BTreeMap<String, Seen>,
             bool,
             Vec<(String, String)>,
-            Vec<&str>,
-        )> = vec![
+            Vec<&'a str>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "fresh deploy",
                 wanted.clone(),

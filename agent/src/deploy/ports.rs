@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use mcp_model::service::ServiceDef;
 
 use crate::handle::Agent;
-use crate::outcome::{OpError, Outcome};
+use crate::outcome::OpError;
 use crate::registry::ServiceRecord;
 
 /// Host ports of a deploy: component → route key → port. Dropping it
@@ -67,7 +67,7 @@ impl Agent {
                             OpError::PortsExhausted {
                                 min,
                                 max,
-                                outcome: Outcome::default(),
+                                outcome: Box::default(),
                             },
                         )?;
                         used.insert(p);

@@ -53,7 +53,7 @@ fn status(e: OpError) -> Status {
         OpError::PortsExhausted { min, max, outcome } => with_steps(
             tonic::Code::ResourceExhausted,
             format!("no free host port in {min}-{max}"),
-            outcome,
+            *outcome,
         ),
         OpError::StepFailed { step, error, outcome } => {
             let code = if error.contains("is not answering") {
@@ -61,7 +61,7 @@ fn status(e: OpError) -> Status {
             } else {
                 tonic::Code::FailedPrecondition
             };
-            with_steps(code, format!("{step} step failed: {error}"), outcome)
+            with_steps(code, format!("{step} step failed: {error}"), *outcome)
         }
         OpError::Runtime(p @ RuntimeError::Unreachable { .. }) => Status::unavailable(p.to_string()),
         OpError::Runtime(p) => Status::internal(p.to_string()),

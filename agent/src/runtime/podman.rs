@@ -369,30 +369,6 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
     (secs > 0).then_some(secs)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn restart_policies() {
-        let p = restart_policy("on-failure:3");
-        assert_eq!(p.name, Some(RestartPolicyNameEnum::ON_FAILURE));
-        assert_eq!(p.maximum_retry_count, Some(3));
-        assert_eq!(restart_policy("always").name, Some(RestartPolicyNameEnum::ALWAYS));
-        assert_eq!(
-            restart_policy("unless-stopped").name,
-            Some(RestartPolicyNameEnum::UNLESS_STOPPED)
-        );
-    }
-
-    #[test]
-    fn timestamps() {
-        assert_eq!(parse_rfc3339("1970-01-01T00:01:00Z"), Some(60));
-        assert_eq!(parse_rfc3339("2024-05-01T10:00:00.123456789+02:00"), Some(1714550400));
-        assert_eq!(parse_rfc3339("0001-01-01T00:00:00Z"), None);
-    }
-}
-
 #[async_trait::async_trait]
 impl ContainerRuntime for Podman {
     /// Podman's version string.
@@ -749,5 +725,29 @@ impl ContainerRuntime for Podman {
             self.ping().await?;
         }
         Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_policies() {
+        let p = restart_policy("on-failure:3");
+        assert_eq!(p.name, Some(RestartPolicyNameEnum::ON_FAILURE));
+        assert_eq!(p.maximum_retry_count, Some(3));
+        assert_eq!(restart_policy("always").name, Some(RestartPolicyNameEnum::ALWAYS));
+        assert_eq!(
+            restart_policy("unless-stopped").name,
+            Some(RestartPolicyNameEnum::UNLESS_STOPPED)
+        );
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:01:00Z"), Some(60));
+        assert_eq!(parse_rfc3339("2024-05-01T10:00:00.123456789+02:00"), Some(1714550400));
+        assert_eq!(parse_rfc3339("0001-01-01T00:00:00Z"), None);
     }
 }
